@@ -1,0 +1,156 @@
+"""Orbax checkpoints of everything a run needs to resume exactly.
+
+One checkpoint per saved step, under ``<workdir>/checkpoints/<step>/``, with two items:
+
+* ``state``: a pytree of arrays: parameters, optimizer state, step, RNG key data, curriculum
+  state and anything else the loop holds as arrays (restored with the shardings of a template,
+  so parameters land on the mesh as they were).
+* ``meta``: a JSON dict: data-iterator position, wall time so far, config fingerprint.
+
+Orbax writes each step into a temporary directory and renames it when complete, so a run killed
+mid-save leaves no step that looks finished. A step that *does* look finished but cannot be
+read (a truncated or deleted file, say) is skipped with a warning and the previous step is
+restored instead.
+
+Example:
+  >>> import tempfile, jax.numpy as jnp
+  >>> ckpt = Checkpointer(tempfile.mkdtemp(), max_to_keep=2)
+  >>> ckpt.save(3, {'w': jnp.ones(2)}, {'position': 7})
+  >>> step, state, meta = ckpt.restore({'w': jnp.zeros(2)})
+  >>> step, float(state['w'][0]), meta['position']
+  (3, 1.0, 7)
+  >>> ckpt.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointFallbackWarning(UserWarning):
+  """Issued when the latest checkpoint cannot be read and an older one is restored."""
+
+
+def key_to_data(key: jax.Array) -> jax.Array:
+  """Typed or raw PRNG key -> uint32 key data (a plain array orbax can save)."""
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return jax.random.key_data(key)
+  return key
+
+
+def data_to_key(data: jax.Array, typed: bool = True) -> jax.Array:
+  """Inverse of `key_to_data` (default implementation's typed key)."""
+  return jax.random.wrap_key_data(data) if typed else data
+
+
+class Checkpointer:
+  """Saves and restores (state pytree, JSON metadata) by step with fallback on corruption.
+
+  Args:
+    directory: where the step directories go (created if missing).
+    max_to_keep: how many finished checkpoints to keep (>= 2 so there is something to fall back
+      to).
+    async_save: write in a background thread (the next save, `wait` or `close` waits for it).
+  """
+
+  def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = False):
+    if max_to_keep is not None and max_to_keep < 1:
+      raise ValueError(f'max_to_keep must be >= 1, got {max_to_keep}')
+    self.directory = os.path.abspath(directory)
+    os.makedirs(self.directory, exist_ok=True)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=('state', 'meta'))
+
+  def all_steps(self) -> list[int]:
+    """Finished steps on disk, ascending."""
+    self._manager.reload()
+    return sorted(int(s) for s in self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def save(self, step: int, state: Any, meta: dict[str, Any] | None = None, *,
+           force: bool = True) -> None:
+    """Saves `state` (pytree of arrays) and `meta` (JSON-serialisable dict) as `step`."""
+    meta = dict(meta or {})
+    self._manager.save(
+        int(step),
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        force=force)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def restore(self, template: Any, *, step: int | None = None
+              ) -> tuple[int, Any, dict[str, Any]] | None:
+    """Restores the newest readable checkpoint (or `step`), or returns None if there is none.
+
+    Args:
+      template: a pytree with the structure, shapes, dtypes and shardings of the saved state
+        (concrete arrays or `jax.ShapeDtypeStruct`s with `.sharding`); restored arrays get the
+        template's shardings.
+      step: restore exactly this step (no fallback).
+
+    Returns:
+      `(step, state, meta)` or None when no checkpoint exists.
+
+    Raises:
+      RuntimeError: if checkpoints exist but none can be read.
+    """
+    steps = [step] if step is not None else self.all_steps()[::-1]
+    if not steps:
+      return None
+    abstract = jax.tree.map(_abstract, template)
+    errors = []
+    for s in steps:
+      try:
+        restored = self._manager.restore(
+            s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                       meta=ocp.args.JsonRestore()))
+        state = restored['state']
+        _check_finite(state)
+        if errors:
+          warnings.warn(
+              f'checkpoint(s) {[e[0] for e in errors]} in {self.directory} could not be read '
+              f'({errors[0][1]}); restored the previous checkpoint, step {s}',
+              CheckpointFallbackWarning, stacklevel=2)
+        return s, state, dict(restored['meta'] or {})
+      except Exception as e:  # pylint: disable=broad-except
+        if step is not None:
+          raise
+        logger.warning('checkpoint step %d unreadable: %s: %s', s, type(e).__name__, e)
+        errors.append((s, f'{type(e).__name__}: {str(e)[:200]}'))
+    raise RuntimeError(f'no readable checkpoint in {self.directory}: {errors}')
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def _abstract(x):
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return x
+  if isinstance(x, jax.Array):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+  x = np.asarray(x)
+  return jax.ShapeDtypeStruct(x.shape, x.dtype)
+
+
+def _check_finite(state: Any) -> None:
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    arr = np.asarray(leaf)
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+      raise ValueError(f'non-finite values in restored {jax.tree_util.keystr(path)}')

@@ -1,0 +1,213 @@
+"""Device mesh, partition rules and sharding helpers.
+
+The train step and the sampler are jitted over a `jax.sharding.Mesh` with three named axes:
+
+* ``data``: batch parallelism; parameters replicated.
+* ``fsdp``: batch parallelism with parameters (and optimizer state) sharded along one dimension.
+* ``tensor``: model parallelism inside a layer (column/row-parallel matmuls).
+
+The batch dimension of every batch array is sharded over ``('data', 'fsdp')``. Parameters follow
+*partition rules*: an ordered list of ``(regex, PartitionSpec)`` matched against the parameter's
+path (``'layers/0/attn/q_proj/kernel'``); the first match wins, and an unmatched parameter falls
+back to `fsdp_spec` (its largest dimension divisible by the ``fsdp`` axis size, else replicated).
+With the default one-device mesh every array is replicated and nothing changes; adding axes and
+rules is all a larger run needs.
+
+The axes use `jax.sharding.AxisType.Auto`, so XLA propagates shardings through the step and
+`jax.lax.with_sharding_constraint` works (``jax.make_mesh`` defaults to Explicit axes where it
+does not).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')
+
+PartitionRules = Sequence[tuple[str, P]]
+
+# Rules for the tensor axis on a Llama-style decoder, matched against '/'-joined parameter paths.
+# Column-parallel projections shard their output dimension, row-parallel ones their input
+# dimension; the fsdp axis takes the other dimension. Kernels are stored [in, out].
+DEFAULT_RULES: PartitionRules = (
+    (r'(q_proj|k_proj|v_proj|qkv|gate_proj|up_proj|gate_up)/kernel$', P('fsdp', 'tensor')),
+    (r'(o_proj|down_proj)/kernel$', P('tensor', 'fsdp')),
+    (r'(embed|embedding|lm_head)', P('tensor', 'fsdp')),
+)
+
+
+def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, *,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Builds a mesh with axes ``('data', 'fsdp', 'tensor')`` of Auto axis type.
+
+  Args:
+    data: size of the data-parallel axis.
+    fsdp: size of the fully-sharded data-parallel axis.
+    tensor: size of the tensor-parallel axis.
+    devices: devices to use (default: the first ``data * fsdp * tensor`` of `jax.devices()`).
+
+  Returns:
+    A `jax.sharding.Mesh` of shape ``(data, fsdp, tensor)``.
+
+  Raises:
+    ValueError: if a size is < 1 or there are not enough devices.
+  """
+  for name, size in (('data', data), ('fsdp', fsdp), ('tensor', tensor)):
+    if not isinstance(size, (int, np.integer)) or size < 1:
+      raise ValueError(f'mesh axis {name!r} must be a positive integer, got {size!r}')
+  n = data * fsdp * tensor
+  devices = list(jax.devices() if devices is None else devices)
+  if len(devices) < n:
+    raise ValueError(
+        f'mesh data={data} x fsdp={fsdp} x tensor={tensor} needs {n} devices, '
+        f'only {len(devices)} available (on CPU set '
+        f'XLA_FLAGS=--xla_force_host_platform_device_count={n} before importing jax)')
+  device_array = np.asarray(devices[:n], dtype=object).reshape(data, fsdp, tensor)
+  return Mesh(device_array, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
+
+
+def batch_spec(ndim: int) -> P:
+  """`PartitionSpec` sharding the leading (batch) dimension over ``('data', 'fsdp')``."""
+  return P(BATCH_AXES, *([None] * (ndim - 1)))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  return NamedSharding(mesh, batch_spec(ndim))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_size_multiple(mesh: Mesh) -> int:
+  """The global batch must be a multiple of this (the product of the batch axes)."""
+  return int(mesh.shape['data'] * mesh.shape['fsdp'])
+
+
+def _path_str(path) -> str:
+  parts = []
+  for k in path:
+    if isinstance(k, jax.tree_util.DictKey):
+      parts.append(str(k.key))
+    elif isinstance(k, jax.tree_util.GetAttrKey):
+      parts.append(str(k.name))
+    elif isinstance(k, jax.tree_util.SequenceKey):
+      parts.append(str(k.idx))
+    else:
+      parts.append(str(getattr(k, 'key', k)))
+  return '/'.join(parts)
+
+
+def fsdp_spec(shape: Sequence[int], fsdp_size: int) -> P:
+  """Shards the largest dimension divisible by `fsdp_size` over ``fsdp``; else replicates."""
+  if fsdp_size <= 1 or not shape:
+    return P()
+  order = sorted(range(len(shape)), key=lambda i: -shape[i])
+  for i in order:
+    if shape[i] % fsdp_size == 0:
+      spec = [None] * len(shape)
+      spec[i] = 'fsdp'
+      return P(*spec)
+  return P()
+
+
+def _fits(spec: P, shape: Sequence[int], mesh: Mesh) -> bool:
+  if len(spec) > len(shape):
+    return False
+  for dim, axes in zip(shape, spec):
+    if axes is None:
+      continue
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    size = int(np.prod([mesh.shape[a] for a in axes]))
+    if dim % size:
+      return False
+  return True
+
+
+def _drop_trivial(spec: P, mesh: Mesh) -> P:
+  """Replaces axes of size 1 by None (so one-device specs are plainly replicated)."""
+  out = []
+  for axes in spec:
+    if axes is None:
+      out.append(None)
+      continue
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    kept = tuple(a for a in axes if mesh.shape[a] > 1)
+    out.append(None if not kept else kept[0] if len(kept) == 1 else kept)
+  while out and out[-1] is None:
+    out.pop()
+  return P(*out)
+
+
+def param_specs(params: Any, mesh: Mesh, rules: PartitionRules = DEFAULT_RULES) -> Any:
+  """PartitionSpecs for a parameter pytree from ordered ``(regex, spec)`` rules.
+
+  A rule applies only when its spec fits the array (rank and divisibility); otherwise the next
+  rule is tried, then the fsdp fallback. Scalars are replicated.
+
+  Args:
+    params: pytree of arrays (or `jax.ShapeDtypeStruct`s), e.g. an `nnx.State`.
+    mesh: the mesh (axis sizes decide divisibility).
+    rules: ordered ``(regex, PartitionSpec)`` pairs matched with `re.search` on the path.
+
+  Returns:
+    A pytree of `PartitionSpec` with the structure of `params`.
+  """
+  compiled = [(re.compile(pattern), spec) for pattern, spec in rules]
+
+  def spec_for(path, leaf):
+    shape = tuple(getattr(leaf, 'shape', ()))
+    if not shape:
+      return P()
+    name = _path_str(path)
+    for pattern, spec in compiled:
+      if pattern.search(name) and _fits(spec, shape, mesh):
+        return _drop_trivial(spec, mesh)
+    return _drop_trivial(fsdp_spec(shape, mesh.shape['fsdp']), mesh)
+
+  return jax.tree_util.tree_map_with_path(spec_for, params)
+
+
+def param_shardings(params: Any, mesh: Mesh, rules: PartitionRules = DEFAULT_RULES) -> Any:
+  """`NamedSharding`s for `params` (see `param_specs`)."""
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(params, mesh, rules),
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+  """Places host arrays of a batch pytree on the mesh, leading dimension over the batch axes.
+
+  Scalars (0-d leaves) are replicated. Raises ValueError naming the field whose batch dimension
+  does not divide the batch axes.
+  """
+  multiple = batch_size_multiple(mesh)
+
+  def put(path, x):
+    x = np.asarray(x) if not isinstance(x, jax.Array) else x
+    if x.ndim == 0:
+      return jax.device_put(x, replicated(mesh))
+    if x.shape[0] % multiple:
+      raise ValueError(
+          f'batch field {_path_str(path)!r} has leading dimension {x.shape[0]}, which is not a '
+          f'multiple of the batch mesh axes data x fsdp = {multiple}')
+    return jax.device_put(x, batch_sharding(mesh, x.ndim))
+
+  return jax.tree_util.tree_map_with_path(put, batch)
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+  """Inside jit: `with_sharding_constraint` of the leading dimension to the batch axes.
+
+  Works under a mesh context (`jax.sharding.use_mesh`/`jax.set_mesh`) or is a no-op without one.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, batch_spec(x.ndim))
