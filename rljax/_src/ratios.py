@@ -1,0 +1,151 @@
+"""Log-probability and importance-ratio helpers at token and sequence level."""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from rljax._src import aggregation
+from rljax._src import validation
+
+RATIO_LEVELS = ("token", "sequence", "sequence-sum")
+DEFAULT_CLAMP = 20.0
+
+
+def sequence_logp(logp: jax.Array, mask: jax.Array) -> jax.Array:
+  r"""Sequence log-probability :math:`\log\pi(y) = \sum_t m_t \log\pi(y_t|y_{<t})`.
+
+  Args:
+    logp: [B, T] per-token log-probabilities.
+    mask: [B, T] weights, 1 on the tokens of the sequence.
+
+  Returns:
+    [B] float32. Masked entries may hold -inf without producing NaN.
+
+  Example:
+    >>> import jax.numpy as jnp, rljax
+    >>> rljax.sequence_logp(jnp.array([[-1., -2., -9.]]), jnp.array([[1, 1, 0]]))
+    Array([-3.], dtype=float32)
+  """
+  validation.check_token_inputs(logp, mask)
+  m = validation.mask_as_float(mask)
+  return jnp.sum(jnp.where(m > 0, logp.astype(jnp.float32), 0.0) * m, axis=-1)
+
+
+def _clamp(x, clamp):
+  if clamp is None:
+    return x
+  validation.check_positive("clamp", clamp)
+  return jnp.clip(x, -clamp, clamp)
+
+
+def log_ratio(logp: jax.Array,
+              behavior_logp: jax.Array,
+              mask: jax.Array,
+              *,
+              level: str = "token",
+              clamp: Optional[float] = DEFAULT_CLAMP) -> jax.Array:
+  r"""Log importance ratio :math:`\log\pi_\theta - \log\mu`, per token or per sequence.
+
+  * ``token``: :math:`d_t = \log\pi_\theta(y_t) - \mathrm{sg}(\log\mu(y_t))`, shape [B, T], 0 on
+    masked tokens.
+  * ``sequence``: the length-normalised (geometric-mean) ratio of GSPO (Zheng et al., "Group
+    Sequence Policy Optimization", arXiv 2507.18071): :math:`\frac{1}{|y|}\sum_t m_t d_t`, [B].
+  * ``sequence-sum``: the full trajectory ratio :math:`\sum_t m_t d_t`, [B] (TOPR, sequence TIS).
+
+  Token log-ratios are clamped to ±`clamp` before any reduction and the reduced value again, so
+  `exp` never overflows; beyond the clamp the gradient is zero (as in verl's ±20). `clamp=None`
+  disables it (TRL). `behavior_logp` is treated as data (stop-gradient).
+
+  Args:
+    logp: [B, T] log-probs under the policy being trained (carries the gradient).
+    behavior_logp: [B, T] log-probs under the behaviour/proximal policy.
+    mask: [B, T] weights.
+    level: one of `RATIO_LEVELS`.
+    clamp: bound on the absolute log-ratio, or None.
+
+  Returns:
+    [B, T] for ``token``, [B] otherwise, float32.
+  """
+  validation.check_token_inputs(logp, mask, behavior_logp=behavior_logp)
+  validation.check_choice("level", level, RATIO_LEVELS)
+  m = validation.mask_as_float(mask)
+  valid = m > 0
+  # Double-where: masked entries may be -inf in either input; make them 0 before subtracting.
+  d = jnp.where(valid, logp.astype(jnp.float32), 0.0) - jax.lax.stop_gradient(
+      jnp.where(valid, behavior_logp.astype(jnp.float32), 0.0))
+  d = _clamp(d, clamp)
+  if level == "token":
+    return d
+  seq = jnp.sum(d * m, axis=-1)
+  if level == "sequence":
+    seq = seq / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
+  return _clamp(seq, clamp)
+
+
+def importance_ratio(logp: jax.Array,
+                     behavior_logp: jax.Array,
+                     mask: jax.Array,
+                     *,
+                     level: str = "token",
+                     clamp: Optional[float] = DEFAULT_CLAMP) -> jax.Array:
+  r"""Importance ratio :math:`\exp(\texttt{log\_ratio}(\ldots))`; see `log_ratio` for the levels.
+
+  Example:
+    >>> import jax.numpy as jnp, rljax
+    >>> r = rljax.importance_ratio(jnp.log(jnp.array([[.5, .2]])),
+    ...                            jnp.log(jnp.array([[.25, .4]])), jnp.ones((1, 2)))
+    >>> [round(float(x), 4) for x in r[0]]
+    [2.0, 0.5]
+  """
+  return jnp.exp(log_ratio(logp, behavior_logp, mask, level=level, clamp=clamp))
+
+
+def effective_sample_size(log_weights: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+  r"""Normalised effective sample size :math:`(\sum w)^2 / (n \sum w^2) \in (0, 1]`.
+
+  Kong (1992); Owen, "Monte Carlo theory, methods and examples", §9.3. Computed from log-weights
+  with log-sum-exp, so weights of any magnitude are fine. Returns 1 for uniform weights and 1/n
+  when one weight dominates; 1 when no entry is valid. No gradient.
+
+  Args:
+    log_weights: [N] log importance weights (e.g. sequence log-ratios).
+    mask: optional [N] validity.
+
+  Returns:
+    Scalar float32.
+  """
+  lw = jax.lax.stop_gradient(jnp.asarray(log_weights, jnp.float32))
+  if lw.ndim != 1:
+    raise ValueError(f"log_weights must have shape [N], got {list(lw.shape)}.")
+  valid = jnp.ones_like(lw, bool) if mask is None else jnp.asarray(mask) > 0
+  if mask is not None:
+    validation.check_same_shape([("log_weights", lw), ("mask", mask)])
+  n = jnp.sum(valid.astype(jnp.float32))
+  lw = jnp.where(valid, lw, -jnp.inf)
+  finite_max = jnp.max(jnp.where(valid, lw, -jnp.finfo(jnp.float32).max))
+  lw = jnp.where(valid, lw - finite_max, -jnp.inf)
+  log_ess = 2.0 * jax.nn.logsumexp(lw) - jax.nn.logsumexp(2.0 * lw)
+  ess = jnp.exp(log_ess) / jnp.maximum(n, 1.0)
+  return jnp.where(n > 0, ess, 1.0)
+
+
+def ratio_metrics(log_ratios: jax.Array, mask: jax.Array, *, prefix: str = "ratio",
+                  clamp: Optional[float] = DEFAULT_CLAMP) -> dict:
+  """Diagnostics of token log-ratios [B, T]: ratio mean/min/max, approximate KL, clamp fraction.
+
+  `approx_kl` is the k3 estimate of KL(π_old‖π_θ) from the tokens sampled under π_old,
+  :math:`\\mathbb{E}[\\rho - 1 - \\log\\rho]` (Schulman, "Approximating KL divergence", 2020).
+  """
+  d = jax.lax.stop_gradient(log_ratios)
+  r = jnp.exp(d)
+  out = {
+      f"{prefix}_mean": aggregation.masked_mean(r, mask),
+      f"{prefix}_min": aggregation.masked_min(r, mask),
+      f"{prefix}_max": aggregation.masked_max(r, mask),
+      "approx_kl": aggregation.masked_mean(r - 1.0 - d, mask),
+  }
+  if clamp is not None:
+    out["log_ratio_clamped_frac"] = aggregation.masked_mean(
+        (jnp.abs(d) >= clamp).astype(jnp.float32), mask)
+  return out
