@@ -57,4 +57,7 @@ def entropy_from_logits(logits: jax.Array, *, temperature: float = 1.0) -> jax.A
   """
   logp = _scaled_log_softmax(logits, temperature)
   p = jnp.exp(logp)
-  return -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
+  # Double-where: where p == 0 (a -inf logit) logp is -inf, and the backward pass of p * logp
+  # would compute 0 * -inf = NaN even though that product is selected away.
+  safe_logp = jnp.where(p > 0, logp, 0.0)
+  return -jnp.sum(p * safe_logp, axis=-1)
