@@ -1,0 +1,169 @@
+"""Teacher-forced per-token log-probabilities (and entropies) of a sequence under the model.
+
+For a full sequence `tokens[B, L]` (left-padded prompt followed by the completion) and a
+temperature tau,
+
+    logp[b, t] = log softmax(z_{b, t-1} / tau)[tokens[b, t]],    z_{b, t-1} = logits at t - 1,
+    entropy[b, t] = -sum_v p_v log p_v  of the same distribution softmax(z_{b, t-1} / tau),
+
+with rotary positions `max(cumsum(input_mask) - 1, 0)` and padding keys masked, exactly as the
+sampler computes them; both are 0 at t = 0, where `mask == 0`, and where no real token precedes t.
+The sampler's `untruncated_logp` equals `score(..., temperature=tau)` (within float32 rounding),
+so a policy update evaluated at the sampling parameters has importance ratio 1.
+
+Memory: the `[B, L, V]` float32 logits are never materialised at once when they would exceed
+`max_logits_bytes`; the output projection and log-softmax then run over chunks of the sequence
+inside a `lax.map` whose body is rematerialised (`jax.checkpoint`), so the backward pass also
+holds one chunk of logits at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rljax.models.transformer import Transformer, linear, positions_from_mask
+
+_DEFAULT_MAX_LOGITS_BYTES = 256 * 2**20
+
+
+def _check_temperature(temperature):
+  if isinstance(temperature, (int, float)) and not temperature > 0:
+    raise ValueError(
+        f"temperature must be > 0 for scoring (greedy decoding has no density), got "
+        f"{temperature}.")
+
+
+def _token_stats(hidden, weight, targets, temperature, return_entropy):
+  """hidden [..., D], weight [V, D], targets int [...] -> (logp [...], entropy [...] or None)."""
+  logits = linear(hidden, weight, preferred_element_type=jnp.float32) / temperature
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  tgt = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  logp = tgt - lse
+  if not return_entropy:
+    return logp, None
+  probs = jnp.exp(logits - lse[..., None])
+  entropy = lse - jnp.sum(probs * logits, axis=-1)
+  return logp, entropy
+
+
+def logp_from_hidden(hidden: jax.Array, weight: jax.Array, targets: jax.Array, *,
+                     temperature: float = 1.0, return_entropy: bool = False,
+                     chunk_size: Optional[int] = None,
+                     max_logits_bytes: int = _DEFAULT_MAX_LOGITS_BYTES):
+  """Log-probs of `targets` under `softmax(hidden @ weight.T / temperature)`, chunked over T.
+
+  Args:
+    hidden: `[B, T, D]` hidden states (any float dtype).
+    weight: `[V, D]` output projection.
+    targets: int `[B, T]`.
+    temperature: tau > 0.
+    return_entropy: also return the entropy of each distribution.
+    chunk_size: sequence positions per chunk; default: the whole sequence if its float32
+      logits fit in `max_logits_bytes`, else the largest chunk that does.
+    max_logits_bytes: logits budget used when `chunk_size` is None.
+
+  Returns:
+    `logp f32[B, T]`, and `entropy f32[B, T]` if `return_entropy`.
+  """
+  b, t, d = hidden.shape
+  v = weight.shape[0]
+  if chunk_size is None:
+    chunk_size = max(1, max_logits_bytes // (4 * b * v))
+  chunk_size = int(min(chunk_size, t))
+  fn = functools.partial(_token_stats, weight=weight, temperature=temperature,
+                         return_entropy=return_entropy)
+  if chunk_size >= t:
+    logp, entropy = fn(hidden, targets=targets)
+  else:
+    n = -(-t // chunk_size)
+    pad = n * chunk_size - t
+    h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    y = jnp.pad(targets, ((0, 0), (0, pad)))
+    h = h.reshape(b, n, chunk_size, d).swapaxes(0, 1)
+    y = y.reshape(b, n, chunk_size).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def body(xs):
+      lp, ent = fn(xs[0], targets=xs[1])
+      return lp, (ent if ent is not None else jnp.zeros_like(lp))
+
+    logp, entropy = jax.lax.map(body, (h, y))
+    logp = logp.swapaxes(0, 1).reshape(b, n * chunk_size)[:, :t]
+    entropy = entropy.swapaxes(0, 1).reshape(b, n * chunk_size)[:, :t]
+  return (logp, entropy) if return_entropy else logp
+
+
+def score(model: Transformer, tokens: jax.Array, input_mask: jax.Array, mask: jax.Array, *,
+          temperature: float = 1.0, return_entropy: bool = False,
+          chunk_size: Optional[int] = None):
+  """Teacher-forced per-token log-probs of `tokens` under `model` (see the module docstring).
+
+  `logp[b, t] = log softmax(z_{b,t-1} / temperature)[tokens[b, t]]`, float32, aligned with
+  `tokens`; 0 at t = 0, where `mask == 0` and where no real token precedes t.
+
+  Args:
+    model: a `Transformer`.
+    tokens: int `[B, L]`, left-padded prompt followed by the completion.
+    input_mask: `[B, L]`, 1 on real tokens (prompt or completion); sets positions and which
+      keys are attended to.
+    mask: `[B, L]`, 1 where a log-prob is wanted (usually the completion mask).
+    temperature: tau > 0; use the sampler's temperature so that ratios are 1 on-policy.
+    return_entropy: also return the per-position entropy of the same distribution.
+    chunk_size: sequence chunk for the output projection (see `logp_from_hidden`).
+
+  Returns:
+    `logp f32[B, L]`, or `(logp, entropy)` with `entropy f32[B, L]` if `return_entropy`.
+
+  Example:
+    >>> from flax import nnx
+    >>> import jax.numpy as jnp
+    >>> from rljax.models import Transformer, TransformerConfig
+    >>> cfg = TransformerConfig(vocab_size=16, d_model=16, num_layers=1, num_heads=2,
+    ...                         num_kv_heads=2, head_dim=8, ffn_dim=32)
+    >>> model = Transformer(cfg, rngs=nnx.Rngs(0))
+    >>> tokens = jnp.array([[0, 3, 4, 5]]); ones = jnp.ones_like(tokens)
+    >>> score(model, tokens, ones, jnp.array([[0, 0, 1, 1]])).shape
+    (1, 4)
+  """
+  chex.assert_rank(tokens, 2, custom_message="tokens must be int[B, L]")
+  chex.assert_equal_shape([tokens, input_mask],
+                          custom_message="input_mask must have the shape of tokens [B, L]")
+  chex.assert_equal_shape([tokens, mask],
+                          custom_message="mask must have the shape of tokens [B, L]")
+  if not jnp.issubdtype(tokens.dtype, jnp.integer):
+    raise TypeError(f"tokens must be an integer array, got {tokens.dtype}.")
+  _check_temperature(temperature)
+  input_mask = input_mask.astype(jnp.int32)
+  positions = positions_from_mask(input_mask)
+  hidden = model.hidden_states(tokens, positions, input_mask)
+  out = logp_from_hidden(hidden[:, :-1], model.output_embedding, tokens[:, 1:],
+                         temperature=temperature, return_entropy=bool(return_entropy),
+                         chunk_size=chunk_size)
+  logp, entropy = out if return_entropy else (out, None)
+  has_prefix = jnp.cumsum(input_mask, axis=-1)[:, :-1] > 0
+  keep = (mask[:, 1:] != 0) & has_prefix
+  zero = jnp.zeros((tokens.shape[0], 1), jnp.float32)
+  logp = jnp.concatenate([zero, jnp.where(keep, logp, 0.0)], axis=1)
+  if not return_entropy:
+    return logp
+  entropy = jnp.concatenate([zero, jnp.where(keep, entropy, 0.0)], axis=1)
+  return logp, entropy
+
+
+def score_fn(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array,
+             input_mask: jax.Array, mask: jax.Array, *, temperature: float = 1.0,
+             return_entropy: bool = False, chunk_size: Optional[int] = None):
+  """`score` on a split model (`graphdef, state = nnx.split(model)`), for use inside `jax.jit`.
+
+  Differentiable with respect to `state`:
+  `jax.grad(lambda s: (score_fn(g, s, ...) * adv).sum())(state)`.
+  """
+  model = nnx.merge(graphdef, state)
+  return score(model, tokens, input_mask, mask, temperature=temperature,
+               return_entropy=return_entropy, chunk_size=chunk_size)
