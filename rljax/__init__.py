@@ -16,10 +16,17 @@ from rljax._src.aggregation import aggregate
 from rljax._src.aggregation import AGGREGATION_MODES
 from rljax._src.aggregation import aggregation_normalizer
 from rljax._src.aggregation import masked_mean
+from rljax._src.cispo import cispo_loss
 from rljax._src.kl import kl_divergence
 from rljax._src.kl import KL_ESTIMATORS
 from rljax._src.logits import entropy_from_logits
 from rljax._src.logits import token_logp_from_logits
+from rljax._src.off_policy import ImportanceWeights
+from rljax._src.off_policy import IS_LEVELS
+from rljax._src.off_policy import IS_MODES
+from rljax._src.off_policy import truncated_is_weights
+from rljax._src.ppo import ppo_clip_loss
+from rljax._src.ppo import PPO_LEVELS
 from rljax._src.ratios import effective_sample_size
 from rljax._src.ratios import importance_ratio
 from rljax._src.ratios import log_ratio
