@@ -17,6 +17,20 @@ from rljax._src.aggregation import AGGREGATION_MODES
 from rljax._src.aggregation import aggregation_normalizer
 from rljax._src.aggregation import masked_mean
 from rljax._src.cispo import cispo_loss
+from rljax._src.copg import copg_loss
+from rljax._src.entropy_cov import clip_cov_loss
+from rljax._src.entropy_cov import clip_cov_selection
+from rljax._src.entropy_cov import kl_cov_loss
+from rljax._src.entropy_cov import kl_cov_selection
+from rljax._src.entropy_cov import token_covariance
+from rljax._src.group_reinforce import asymre_advantages
+from rljax._src.group_reinforce import asymre_loss
+from rljax._src.group_reinforce import opmd_advantages
+from rljax._src.group_reinforce import OPMD_BASELINES
+from rljax._src.group_reinforce import OPMD_LEVELS
+from rljax._src.group_reinforce import opmd_loss
+from rljax._src.group_reinforce import rec_loss
+from rljax._src.group_reinforce import REC_VARIANTS
 from rljax._src.kl import kl_divergence
 from rljax._src.kl import KL_ESTIMATORS
 from rljax._src.logits import entropy_from_logits
@@ -35,6 +49,7 @@ from rljax._src.ratios import sequence_logp
 from rljax._src.regularizers import entropy_bonus
 from rljax._src.regularizers import kl_penalty_loss
 from rljax._src.reinforce import reinforce_loss
+from rljax._src.topr import topr_loss
 from rljax._src.types import LossOutput
 
 __version__ = "0.1.0"
