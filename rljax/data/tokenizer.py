@@ -38,6 +38,8 @@ import numpy as np
 TRUNCATIONS = ('error', 'left', 'right')
 MODEL_TYPES = ('bpe', 'unigram', 'char', 'word')
 
+_VOCAB_ESCAPES = str.maketrans({'\\': '\\\\', '\n': '\\n', '\t': '\\t', '\r': '\\r'})
+
 # Ids of the special pieces in tokenizers trained by `Tokenizer.train`.
 TRAINED_PAD_ID, TRAINED_UNK_ID, TRAINED_BOS_ID, TRAINED_EOS_ID = 0, 1, 2, 3
 
@@ -392,14 +394,19 @@ class Tokenizer(BaseTokenizer):
     return tok
 
   def save(self, path: str | os.PathLike) -> None:
-    """Writes the ``.model`` file to `path` and a readable ``.vocab`` (piece, score) next to it."""
+    """Writes the ``.model`` file to `path` and a readable ``.vocab`` next to it.
+
+    The ``.vocab`` file has one ``piece<TAB>score`` line per id; backslashes, newlines, tabs
+    and carriage returns inside pieces are escaped as in Python string literals.
+    """
     path = os.fspath(path)
     with open(path, 'wb') as f:
       f.write(self._proto)
     vocab_path = (path[:-len('.model')] if path.endswith('.model') else path) + '.vocab'
     with open(vocab_path, 'w', encoding='utf-8') as f:
       for i in range(self.vocab_size):
-        f.write(f'{self._sp.id_to_piece(i)}\t{self._sp.get_score(i)}\n')
+        piece = self._sp.id_to_piece(i).translate(_VOCAB_ESCAPES)
+        f.write(f'{piece}\t{self._sp.get_score(i)}\n')
 
   @property
   def serialized_model_proto(self) -> bytes:
