@@ -22,12 +22,12 @@ from __future__ import annotations
 import functools
 from typing import Optional
 
-import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rljax.models.transformer import Transformer, linear, positions_from_mask
+from rljax.models.transformer import (Transformer, check_same_shape, check_tokens, linear,
+                                      positions_from_mask)
 
 _DEFAULT_MAX_LOGITS_BYTES = 256 * 2**20
 
@@ -131,13 +131,9 @@ def score(model: Transformer, tokens: jax.Array, input_mask: jax.Array, mask: ja
     >>> score(model, tokens, ones, jnp.array([[0, 0, 1, 1]])).shape
     (1, 4)
   """
-  chex.assert_rank(tokens, 2, custom_message="tokens must be int[B, L]")
-  chex.assert_equal_shape([tokens, input_mask],
-                          custom_message="input_mask must have the shape of tokens [B, L]")
-  chex.assert_equal_shape([tokens, mask],
-                          custom_message="mask must have the shape of tokens [B, L]")
-  if not jnp.issubdtype(tokens.dtype, jnp.integer):
-    raise TypeError(f"tokens must be an integer array, got {tokens.dtype}.")
+  check_tokens("tokens", tokens)
+  check_same_shape("input_mask", input_mask, "tokens", tokens)
+  check_same_shape("mask", mask, "tokens", tokens)
   _check_temperature(temperature)
   input_mask = input_mask.astype(jnp.int32)
   positions = positions_from_mask(input_mask)

@@ -47,7 +47,6 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,6 +60,20 @@ _MASK_VALUE = -1e30
 
 
 # ------------------------------------------------------------------ functional primitives
+
+
+def check_tokens(name: str, tokens) -> None:
+  """Raises ValueError unless `tokens` is an integer array of shape [B, S]."""
+  if jnp.ndim(tokens) != 2 or not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
+    raise ValueError(f"{name} must be an integer array [B, S], got "
+                     f"{jnp.result_type(tokens)}{list(jnp.shape(tokens))}.")
+
+
+def check_same_shape(name: str, x, ref_name: str, ref) -> None:
+  """Raises ValueError unless `x` has the shape of `ref`."""
+  if jnp.shape(x) != jnp.shape(ref):
+    raise ValueError(f"{name} must have the shape of {ref_name} {list(jnp.shape(ref))}, got "
+                     f"{list(jnp.shape(x))}.")
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
@@ -345,17 +358,13 @@ class Transformer(nnx.Module):
     return self.lm_head.weight[...]
 
   def _check_inputs(self, tokens, positions, attention_mask):
-    chex.assert_rank(tokens, 2, custom_message="tokens must be int[B, S]")
-    if not jnp.issubdtype(tokens.dtype, jnp.integer):
-      raise TypeError(f"tokens must be an integer array, got {tokens.dtype}.")
+    check_tokens("tokens", tokens)
     if attention_mask is None:
       attention_mask = jnp.ones(tokens.shape, jnp.bool_)
-    chex.assert_equal_shape([tokens, attention_mask],
-                            custom_message="attention_mask must have the shape of tokens")
+    check_same_shape("attention_mask", attention_mask, "tokens", tokens)
     if positions is None:
       positions = positions_from_mask(attention_mask)
-    chex.assert_equal_shape([tokens, positions],
-                            custom_message="positions must have the shape of tokens")
+    check_same_shape("positions", positions, "tokens", tokens)
     return positions, attention_mask
 
   def hidden_states(self, tokens: jax.Array, positions: Optional[jax.Array] = None,
