@@ -110,7 +110,7 @@ def test_test_fraction_is_respected():
 
 def test_unique_exhaustion_raises_and_unique_false_repeats():
   task = _make('arithmetic', levels=(1,), ops=('+',))  # 55 unordered pairs in all
-  with pytest.raises(ValueError, match='distinct'):
+  with pytest.raises(ValueError, match='nothing new'):
     task.examples('test', 50, level=1)
   repeated = task.examples('test', 50, level=1, unique=False)
   assert len(repeated) == 50 and len({e.prompt for e in repeated}) < 50
@@ -464,3 +464,14 @@ def test_rewards_vectorised():
   assert r.dtype.name == 'float32' and r.tolist() == [1.0, 0.0, 1.0]
   with pytest.raises(ValueError, match='same length'):
     task.rewards(['1+1='], [])
+
+
+def test_docstring_examples():
+  import doctest  # pylint: disable=g-import-not-at-top
+  assert doctest.testmod(tasks, raise_on_error=True).attempted > 0
+
+
+def test_small_test_fraction_still_fills_the_test_split():
+  test = _make('sorting', test_fraction=0.01).examples('test', 20)
+  assert len(test) == 20 and all(_hash_split('sorting', e.metadata['key'], 0.01) == 'test'
+                                 for e in test)

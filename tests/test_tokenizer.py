@@ -234,3 +234,8 @@ def test_hf_overrides_and_dispatch(hf_dir):
   with pytest.raises(TypeError, match='Unknown arguments'):
     HFTokenizer.load(hf_dir, sep_token='x')
   assert isinstance(tok_lib.load_tokenizer(hf_dir), HFTokenizer)
+
+
+def test_docstring_examples():
+  import doctest  # pylint: disable=g-import-not-at-top
+  assert doctest.testmod(tok_lib, raise_on_error=True).attempted > 0

@@ -165,7 +165,8 @@ class Task(abc.ABC):
       split: ``'train'`` or ``'test'``.
       num: how many; defaults to ``num_train`` / ``num_test`` of the constructor.
       level: draw only this difficulty level; ``None`` draws a level uniformly from `levels`
-        for each example.
+        for each example (with `unique`, once a small level has no new instances left in the
+        split, the remaining examples come from the other levels).
       unique: no two returned examples share a prompt.
 
     Returns:
@@ -185,15 +186,18 @@ class Task(abc.ABC):
     rng = self._rng(split, level)
     out: list[Example] = []
     seen: set[str] = set()
-    max_attempts = 200 * num + 2000
-    attempts = 0
+    # Give up after this many draws in a row without a new example of the split (about 100
+    # times the expected number of draws per example when nothing is exhausted).
+    split_fraction = self.test_fraction if split == 'test' else 1.0 - self.test_fraction
+    patience = int(100 / split_fraction) + 1000
+    stale = 0
     while len(out) < num:
-      attempts += 1
-      if attempts > max_attempts:
+      if stale > patience:
         raise ValueError(
             f'Task {self.name!r}: found only {len(out)} distinct {split} examples '
-            f'(level={level}) after {max_attempts} draws; ask for fewer (num={num}), allow '
-            'larger levels, or pass unique=False.')
+            f'(level={level}); {patience} draws in a row gave nothing new. Ask for fewer '
+            f'(num={num}), allow larger levels, or pass unique=False.')
+      stale += 1
       lvl = levels[rng.randrange(len(levels))] if level is None else int(level)
       key, ex = self._generate(rng, lvl)
       if self.split_of(key) != split:
@@ -202,6 +206,7 @@ class Task(abc.ABC):
         if ex.prompt in seen:
           continue
         seen.add(ex.prompt)
+      stale = 0
       meta = dict(ex.metadata)
       meta.update(level=lvl, key=key, split=split)
       out.append(dataclasses.replace(ex, metadata=meta))

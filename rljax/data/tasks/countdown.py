@@ -240,7 +240,10 @@ class Countdown(base.Task):
                       ) -> tuple[int, str]:
     items = [(x, str(x), _ATOM) for x in numbers]
     while len(items) > 1:
-      i, j = rng.sample(range(len(items)), 2)
+      n = len(items)
+      i = rng.randrange(n)
+      j = rng.randrange(n - 1)
+      j += j >= i  # Two distinct indices, uniformly.
       a, b = items[i], items[j]
       ops = ['+', '*']
       if a[0] > b[0]:
@@ -248,8 +251,14 @@ class Countdown(base.Task):
       if b[0] > 1 and a[0] % b[0] == 0:
         ops.append('/')
       op = ops[rng.randrange(len(ops))]
-      value = {'+': a[0] + b[0], '*': a[0] * b[0], '-': a[0] - b[0],
-               '/': a[0] // max(b[0], 1)}[op]
+      if op == '+':
+        value = a[0] + b[0]
+      elif op == '*':
+        value = a[0] * b[0]
+      elif op == '-':
+        value = a[0] - b[0]
+      else:
+        value = a[0] // b[0]
       text, prec = _combine(op, a, b)
       items = [it for t, it in enumerate(items) if t not in (i, j)] + [(value, text, prec)]
     return items[0][0], items[0][1]
