@@ -1,0 +1,347 @@
+"""Loss + gradient time of every rljax estimator against the same computation in PyTorch eager.
+
+    python benchmarks/estimators.py                      # [B, T] = [256, 4096], float32, CPU
+    python benchmarks/estimators.py --batch 64 --length 512 --reps 5
+    python benchmarks/estimators.py --train_step         # + overhead inside a model train step
+
+For each estimator the script first checks, on the benchmark inputs, that the PyTorch version
+computes the same loss and gradient as rljax (printed as max relative error), then times
+`jax.jit(jax.value_and_grad(loss, has_aux=True))` (rljax computes its metrics too) against
+`loss.backward()` in eager PyTorch (loss only), both on the host CPU with the same thread count,
+and prints the median of `--reps` timed calls and the ratio. Goal (issue 3): every estimator at
+least 2x faster than eager PyTorch.
+
+`--train_step` times a forward + backward of the tiny Transformer (batch 16 x 128) whose loss is
+each estimator, against the same step with the plain token-mean log-likelihood, and prints the
+estimator's share of the step (goal: under 5%).
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+
+def _parse():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--batch", type=int, default=256)
+  p.add_argument("--length", type=int, default=4096)
+  p.add_argument("--group_size", type=int, default=8)
+  p.add_argument("--reps", type=int, default=7)
+  p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+  p.add_argument("--only", default="", help="comma-separated estimator names")
+  p.add_argument("--train_step", action="store_true")
+  return p.parse_args()
+
+
+ARGS = _parse()
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import torch  # pylint: disable=g-import-not-at-top
+
+import rljax  # pylint: disable=g-import-not-at-top
+
+torch.set_num_threads(ARGS.threads)
+
+
+def make_inputs(batch, length, group_size, seed=0):
+  rng = np.random.default_rng(seed)
+  logp = -np.abs(rng.normal(1.0, 1.0, (batch, length))).astype(np.float32)
+  old = (logp + 0.2 * rng.normal(size=logp.shape)).astype(np.float32)
+  behavior = (old + 0.05 * rng.normal(size=logp.shape)).astype(np.float32)
+  ref = (logp + 0.3 * rng.normal(size=logp.shape)).astype(np.float32)
+  lengths = rng.integers(length // 4, length + 1, batch)
+  mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.float32)
+  rewards = rng.integers(0, 2, batch).astype(np.float32)
+  g = rewards.reshape(-1, group_size)
+  std = g.std(axis=1, ddof=1, keepdims=True)
+  adv = np.where(std > 0, (g - g.mean(1, keepdims=True)) / (std + 1e-6), 0.0).reshape(-1)
+  return dict(logp=logp, old=old, behavior=behavior, ref=ref, mask=mask, rewards=rewards,
+              adv=adv.astype(np.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch eager versions: the same definitions as rljax's defaults, written directly.
+# ----------------------------------------------------------------------------------------------
+
+
+def t_token_mean(v, m):
+  return (v * m).sum() / m.sum().clamp_min(1.0)
+
+
+def t_seq_mean_token_mean(v, m):
+  n = m.sum(-1)
+  per = (v * m).sum(-1) / n.clamp_min(1.0)
+  ne = (n > 0).float()
+  return (per * ne).sum() / ne.sum().clamp_min(1.0)
+
+
+def t_seq_mean_token_sum(v, m):
+  ne = (m.sum(-1) > 0).float()
+  return ((v * m).sum(-1) * ne).sum() / ne.sum().clamp_min(1.0)
+
+
+def t_logratio(lp, old, m):
+  return torch.clamp(torch.where(m > 0, lp - old, torch.zeros_like(lp)), -20.0, 20.0)
+
+
+def t_reinforce(x, lp):
+  return t_token_mean(-x["adv"][:, None] * lp, x["mask"])
+
+
+def t_ppo(x, lp, eps_low=0.2, eps_high=0.2):
+  m, a = x["mask"], x["adv"][:, None]
+  r = torch.exp(t_logratio(lp, x["old"], m))
+  loss = torch.maximum(-a * r, -a * torch.clamp(r, 1 - eps_low, 1 + eps_high))
+  return t_token_mean(loss, m)
+
+
+def t_gspo(x, lp, eps_low=3e-4, eps_high=4e-4):
+  m, a = x["mask"], x["adv"][:, None]
+  d = t_logratio(lp, x["old"], m)
+  s = ((d * m).sum(-1) / m.sum(-1).clamp_min(1.0)).clamp(-20.0, 20.0)
+  r = torch.exp(s.detach()[:, None] + lp - lp.detach())
+  loss = torch.maximum(-a * r, -a * torch.clamp(r, 1 - eps_low, 1 + eps_high))
+  return t_seq_mean_token_mean(loss, m)
+
+
+def t_cispo(x, lp, eps_high=0.28):
+  m, a = x["mask"], x["adv"][:, None]
+  r = torch.exp(t_logratio(lp, x["old"], m)).detach()
+  w = torch.clamp(r, max=1 + eps_high)
+  return t_token_mean(-w * a * lp, m)
+
+
+def t_tis_ppo(x, lp, cap=2.0):
+  m = x["mask"]
+  w = torch.clamp(torch.exp(t_logratio(x["old"], x["behavior"], m)), max=cap) * m
+  a = x["adv"][:, None]
+  r = torch.exp(t_logratio(lp, x["old"], m))
+  loss = w * torch.maximum(-a * r, -a * torch.clamp(r, 0.8, 1.2))
+  return t_token_mean(loss, m)
+
+
+def t_topr(x, lp):
+  m, a = x["mask"], x["rewards"][:, None]
+  seq = ((t_logratio(lp, x["behavior"], m) * m).sum(-1)).clamp(-20.0, 20.0).detach()
+  w = torch.where(a < 0, torch.clamp(torch.exp(seq)[:, None], 0.0, 1.0), torch.ones_like(a))
+  return t_seq_mean_token_mean(-w * a * lp, m)
+
+
+def t_copg(x, lp, group_size, beta=0.1):
+  m = x["mask"]
+  seq = (lp * m).sum(-1) - (x["ref"] * m).sum(-1)
+  rr = (x["rewards"] - beta * seq).reshape(-1, group_size)
+  dev = rr - rr.mean(1, keepdim=True)
+  return ((dev ** 2).sum(1) / (2 * beta * (group_size - 1))).mean()
+
+
+def t_opmd(x, lp, group_size, tau=1.0):
+  m = x["mask"]
+  g = x["rewards"].reshape(-1, group_size)
+  adv = (g - g.mean(1, keepdim=True)).reshape(-1)[:, None]
+  d = torch.where(m > 0, lp - x["old"], torch.zeros_like(lp))
+  reg = 0.5 * tau * ((d * m).sum(-1, keepdim=True)) ** 2 / m.sum(-1, keepdim=True).clamp_min(1e-30)
+  return t_seq_mean_token_sum(-adv * lp + reg, m)
+
+
+def t_asymre(x, lp, group_size, shift=0.1):
+  g = x["rewards"].reshape(-1, group_size)
+  adv = (g - g.mean(1, keepdim=True) + shift).reshape(-1)[:, None]
+  return t_token_mean(-adv * lp, x["mask"])
+
+
+def t_rec(x, lp, eps=0.2):
+  m, a = x["mask"], x["adv"][:, None].expand_as(lp)
+  r = torch.exp(t_logratio(lp, x["old"], m)).detach()
+  keep = ((a >= 0) & (r <= 1 + eps)) | ((a <= 0) & (r >= 1 - eps))
+  return t_token_mean(torch.where(keep, -a * lp, torch.zeros_like(lp)), m)
+
+
+def _t_cov(x, lp):
+  m, a = x["mask"], x["adv"][:, None].expand_as(lp)
+  lpd = lp.detach()
+  c = (lpd - t_token_mean(lpd, m)) * (a - t_token_mean(a, m))
+  return torch.where(m > 0, c, torch.zeros_like(c))
+
+
+def t_kl_cov(x, lp, ratio=2e-3, coef=1.0):
+  m, a = x["mask"], x["adv"][:, None]
+  cov = _t_cov(x, lp)
+  k = max(1, int(ratio * float(m.sum())))
+  idx = torch.topk(torch.where(m > 0, cov, torch.full_like(cov, -float("inf"))).flatten(), k).indices
+  sel = torch.zeros(cov.numel(), dtype=torch.bool)
+  sel[idx] = True
+  sel = sel.view_as(cov)
+  d = t_logratio(lp, x["old"], m)
+  loss = -a * torch.exp(d) + torch.where(sel, coef * d.abs(), torch.zeros_like(d))
+  return t_token_mean(loss, m)
+
+
+def t_clip_cov(x, lp, selection, ratio=2e-4, lo=1.0, hi=5.0):
+  m, a = x["mask"], x["adv"][:, None]
+  r = torch.exp(t_logratio(lp, x["old"], m))
+  unclipped, clipped = -a * r, -a * torch.clamp(r, 0.0, 2.0)
+  by_ppo = clipped > unclipped
+  if selection is None:  # the timed path: random choice among candidates, as the paper's code
+    cov = _t_cov(x, lp)
+    cand = (m > 0) & ~by_ppo & (cov > lo) & (cov < hi)
+    k = max(1, int(ratio * float(m.sum())))
+    prio = torch.where(cand, torch.rand_like(cov), torch.full_like(cov, -1.0)).flatten()
+    idx = torch.topk(prio, k).indices
+    sel = torch.zeros(cov.numel(), dtype=torch.bool)
+    sel[idx[prio[idx] >= 0]] = True
+    selection = sel.view_as(cov)
+  loss = torch.where(selection, torch.zeros_like(r), torch.where(by_ppo, clipped, unclipped))
+  return t_token_mean(loss, m)
+
+
+def t_kl_penalty(x, lp):
+  m = x["mask"]
+  d = torch.clamp(torch.where(m > 0, lp - x["ref"], torch.zeros_like(lp)), -20.0, 20.0)
+  return t_token_mean(torch.expm1(-d) + d, m)
+
+
+# ----------------------------------------------------------------------------------------------
+# The table: name -> (rljax loss of (logp, x), torch loss of (x, logp)).
+# ----------------------------------------------------------------------------------------------
+
+
+def estimators(group_size):
+  G = group_size
+  key = jax.random.PRNGKey(0)
+  return {
+      "reinforce": (lambda lp, x: rljax.reinforce_loss(lp, x["adv"], x["mask"]), t_reinforce),
+      "ppo_clip (GRPO/PPO)": (
+          lambda lp, x: rljax.ppo_clip_loss(lp, x["old"], x["adv"], x["mask"]), t_ppo),
+      "ppo_clip dual/clip-higher": (
+          lambda lp, x: rljax.ppo_clip_loss(lp, x["old"], x["adv"], x["mask"], epsilon_high=0.28,
+                                            dual_clip=None),
+          lambda x, lp: t_ppo(x, lp, 0.2, 0.28)),
+      "gspo": (lambda lp, x: rljax.ppo_clip_loss(lp, x["old"], x["adv"], x["mask"],
+                                                 level="sequence"), t_gspo),
+      "cispo": (lambda lp, x: rljax.cispo_loss(lp, x["old"], x["adv"], x["mask"],
+                                               epsilon_low=1.0, epsilon_high=0.28), t_cispo),
+      "tis + ppo_clip": (
+          lambda lp, x: rljax.ppo_clip_loss(
+              lp, x["old"], x["adv"], x["mask"],
+              is_weights=rljax.truncated_is_weights(x["behavior"], x["old"], x["mask"]).weights),
+          t_tis_ppo),
+      "topr": (lambda lp, x: rljax.topr_loss(lp, x["behavior"], 2 * x["rewards"] - 1, x["mask"]),
+               lambda x, lp: t_topr(dict(x, rewards=2 * x["rewards"] - 1), lp)),
+      "copg": (lambda lp, x: rljax.copg_loss(lp, x["ref"], x["rewards"], x["mask"], G),
+               lambda x, lp: t_copg(x, lp, G)),
+      "opmd": (lambda lp, x: rljax.opmd_loss(lp, x["old"], x["rewards"], x["mask"], G),
+               lambda x, lp: t_opmd(x, lp, G)),
+      "asymre": (lambda lp, x: rljax.asymre_loss(lp, x["rewards"], x["mask"], G),
+                 lambda x, lp: t_asymre(x, lp, G)),
+      "rec (oneside-nois)": (lambda lp, x: rljax.rec_loss(lp, x["old"], x["adv"], x["mask"]),
+                             t_rec),
+      "kl_cov": (lambda lp, x: rljax.kl_cov_loss(lp, x["old"], x["adv"], x["mask"]), t_kl_cov),
+      "clip_cov": (lambda lp, x: rljax.clip_cov_loss(lp, x["old"], x["adv"], x["mask"], key,
+                                                     selection=x.get("selection")),
+                   lambda x, lp: t_clip_cov(x, lp, x.get("t_selection"))),
+      "kl_penalty (k3)": (lambda lp, x: rljax.kl_penalty_loss(lp, x["ref"], x["mask"], 1.0),
+                          t_kl_penalty),
+  }
+
+
+def _median_time(fn, reps):
+  fn()  # warm-up (compilation for jax)
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def bench_losses():
+  x_np = make_inputs(ARGS.batch, ARGS.length, ARGS.group_size)
+  x_j = {k: jnp.asarray(v) for k, v in x_np.items()}
+  x_t = {k: torch.from_numpy(v) for k, v in x_np.items()}
+  only = {s.strip() for s in ARGS.only.split(",") if s.strip()}
+  print(f"[B, T] = [{ARGS.batch}, {ARGS.length}] float32, {ARGS.threads} threads, "
+        f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__}; "
+        f"median of {ARGS.reps}")
+  print(f"{'estimator':28s} {'rljax ms':>9s} {'torch ms':>9s} {'speed-up':>9s} "
+        f"{'loss rel err':>13s} {'grad rel err':>13s}")
+  ratios = {}
+  for name, (jfn, tfn) in estimators(ARGS.group_size).items():
+    if only and name not in only:
+      continue
+    xj, xt = dict(x_j), dict(x_t)
+    if name == "clip_cov":  # check parity on rljax's own random selection, time both freely
+      sel = rljax.clip_cov_selection(x_j["logp"], x_j["old"], x_j["adv"], x_j["mask"],
+                                     jax.random.PRNGKey(0))
+      xj["selection"], xt["t_selection"] = sel, torch.from_numpy(np.array(sel))
+    vg = jax.jit(jax.value_and_grad(lambda lp, x: tuple(jfn(lp, x)), has_aux=True))
+    (jl, _), jg = vg(x_j["logp"], xj)
+    lp_t = x_t["logp"].clone().requires_grad_(True)
+    tl = tfn(xt, lp_t)
+    tl.backward()
+    loss_err = abs(float(jl) - tl.item()) / max(abs(tl.item()), 1e-12)
+    g_t = lp_t.grad.numpy()
+    grad_err = float(np.max(np.abs(np.asarray(jg) - g_t)) / max(np.max(np.abs(g_t)), 1e-12))
+
+    def run_jax():
+      (l, aux), g = vg(x_j["logp"], x_j)
+      jax.block_until_ready((l, aux, g))
+
+    def run_torch():
+      lp = x_t["logp"].clone().requires_grad_(True)
+      tfn(x_t, lp).backward()
+
+    tj = _median_time(run_jax, ARGS.reps)
+    tt = _median_time(run_torch, ARGS.reps)
+    ratios[name] = tt / tj
+    print(f"{name:28s} {1e3 * tj:9.2f} {1e3 * tt:9.2f} {tt / tj:8.2f}x {loss_err:13.1e} "
+          f"{grad_err:13.1e}")
+  if ratios:
+    worst = min(ratios, key=ratios.get)
+    print(f"vs PyTorch eager: min {ratios[worst]:.2f}x ({worst}), "
+          f"median {statistics.median(ratios.values()):.2f}x; goal >= 2x for every estimator")
+
+
+def bench_train_step():
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from rljax import models  # pylint: disable=g-import-not-at-top
+
+  batch, length = 16, 128
+  cfg = models.TransformerConfig.tiny()
+  model = models.Transformer(cfg, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (batch, length)), jnp.int32)
+  input_mask = jnp.ones((batch, length), jnp.int32)
+  mask = jnp.asarray(np.arange(length)[None, :] >= 32, jnp.float32) * jnp.ones((batch, 1))
+  x = {k: jnp.asarray(v) for k, v in make_inputs(batch, length, ARGS.group_size).items()}
+  x["mask"] = mask
+  losses = {"token-mean log-likelihood (baseline)":
+                lambda lp, x: rljax.LossOutput(-rljax.masked_mean(lp, x["mask"]), {})}
+  for name, (jfn, _) in estimators(ARGS.group_size).items():
+    losses[name] = jfn
+  print(f"\ntrain step: tiny Transformer ({sum(v.size for v in jax.tree.leaves(state)) / 1e6:.2f}M "
+        f"params), batch {batch} x {length}, forward + backward, median of {ARGS.reps}")
+  base = None
+  for name, fn in losses.items():
+    def step_loss(st, x, fn=fn):
+      lp = models.score_fn(graphdef, st, tokens, input_mask, x["mask"])
+      out = fn(lp, x)
+      return out.loss, out.metrics
+    step = jax.jit(jax.value_and_grad(step_loss, has_aux=True))
+    t = _median_time(lambda: jax.block_until_ready(step(state, x)), ARGS.reps)
+    if base is None:
+      base = t
+      print(f"{name:38s} {1e3 * t:8.1f} ms")
+    else:
+      print(f"{name:38s} {1e3 * t:8.1f} ms   estimator share {100 * (t - base) / t:+5.1f}%")
+
+
+if __name__ == "__main__":
+  bench_losses()
+  if ARGS.train_step:
+    bench_train_step()
