@@ -243,6 +243,7 @@ def clip_cov_loss(logp: jax.Array,
     (1.0, 1.0)
   """
   validation.check_token_inputs(logp, mask, old_logp=old_logp)
+  validation.check_choice("aggregation", aggregation, agg_lib.AGGREGATION_MODES)
   m = validation.mask_as_float(mask)
   valid = m > 0
   adv = jax.lax.stop_gradient(validation.advantages_as_tokens(advantages, logp))
@@ -337,6 +338,7 @@ def kl_cov_loss(logp: jax.Array,
     -0.1023
   """
   validation.check_token_inputs(logp, mask, old_logp=old_logp)
+  validation.check_choice("aggregation", aggregation, agg_lib.AGGREGATION_MODES)
   validation.check_positive("kl_coef", kl_coef, strict=False)
   m = validation.mask_as_float(mask)
   valid = m > 0

@@ -152,6 +152,7 @@ def asymre_loss(logp: jax.Array,
     0.0693
   """
   validation.check_token_inputs(logp, mask)
+  validation.check_choice("aggregation", aggregation, agg_lib.AGGREGATION_MODES)
   validation.check_sequence_array("rewards", rewards, logp.shape[0])
   adv = validation.advantages_as_tokens(asymre_advantages(rewards, group_size, shift=shift), logp)
   adv = jax.lax.stop_gradient(adv)
@@ -232,6 +233,7 @@ def opmd_loss(logp: jax.Array,
     0.1201
   """
   validation.check_token_inputs(logp, mask, old_logp=old_logp)
+  validation.check_choice("aggregation", aggregation, agg_lib.AGGREGATION_MODES)
   validation.check_sequence_array("rewards", rewards, logp.shape[0])
   validation.check_choice("level", level, OPMD_LEVELS)
   validation.check_positive("tau", tau)
@@ -335,6 +337,7 @@ def rec_loss(logp: jax.Array,
     (0.3466, 0.5)
   """
   validation.check_token_inputs(logp, mask, old_logp=old_logp)
+  validation.check_choice("aggregation", aggregation, agg_lib.AGGREGATION_MODES)
   validation.check_choice("variant", variant, REC_VARIANTS)
   for name, value in (("epsilon_low", epsilon_low), ("epsilon_high", epsilon_high)):
     validation.check_positive(name, value, strict=False)

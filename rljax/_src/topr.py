@@ -77,7 +77,7 @@ def topr_loss(logp: jax.Array,
   Args:
     logp: [B, T] log π_θ of the sampled tokens (carries the gradient).
     behavior_logp: [B, T] log μ of the same tokens (data).
-    rewards: [B] sequence rewards (or [B, T] per-token returns/advantages), data.
+    rewards: [B] sequence rewards (or [B, T] per-token returns or advantages), data.
     mask: [B, T] weights, 1 on completion tokens.
     baseline: c, subtracted from `rewards` (0 in the paper).
     level: ratio level, one of `rljax.RATIO_LEVELS` (``'sequence-sum'`` is the paper's).
@@ -105,12 +105,15 @@ def topr_loss(logp: jax.Array,
     0.2599
   """
   validation.check_token_inputs(logp, mask, behavior_logp=behavior_logp)
+  validation.check_choice("aggregation", aggregation, agg_lib.AGGREGATION_MODES)
   validation.check_choice("level", level, ratios.RATIO_LEVELS)
   neg_low, neg_high = _check_bounds("negative_bounds", negative_bounds)
   pos_low, pos_high = _check_bounds("positive_bounds", positive_bounds)
   rewards = jnp.asarray(rewards)
-  if rewards.ndim not in (1, 2):
-    raise ValueError(f"rewards must have shape [B] or [B, T], got {list(rewards.shape)}.")
+  if rewards.ndim == 2:
+    validation.check_shape("rewards", rewards, logp.shape)
+  else:
+    validation.check_sequence_array("rewards", rewards, logp.shape[0])
   m = validation.mask_as_float(mask)
   valid = m > 0
   adv = jax.lax.stop_gradient(validation.advantages_as_tokens(rewards, logp) - baseline)
