@@ -92,8 +92,11 @@ def truncated_is_weights(behavior_logp: jax.Array,
     >>> [round(float(x), 4) for x in w[0]]
     [0.5, 0.0]
   """
-  validation.check_token_inputs(old_logp, mask, behavior_logp=behavior_logp)
   validation.check_floating("behavior_logp", behavior_logp)
+  validation.check_floating("old_logp", old_logp)
+  validation.check_shape("behavior_logp", behavior_logp, (None, None))
+  validation.check_same_shape(
+      [("behavior_logp", behavior_logp), ("old_logp", old_logp), ("mask", mask)])
   validation.check_choice("level", level, IS_LEVELS)
   validation.check_choice("mode", mode, IS_MODES)
   validation.check_positive("cap", cap)
