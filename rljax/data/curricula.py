@@ -43,7 +43,7 @@ What the bandits optimise (``objective``): a curriculum wants prompts that give 
 signal, not prompts the policy already solves, so the default objective is ``'variance'``
 (prefer pass rates near 1/2). ``'reward'`` gives the classic reward-maximising bandit.
 
-This module imports only jax, chex and numpy.
+This module imports only jax and numpy.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ import dataclasses
 import functools
 from typing import Any, Callable, NamedTuple, Optional
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -113,8 +112,6 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
 
 def _concrete(x: Any) -> Optional[np.ndarray]:
   """Returns x as a NumPy array, or None when x is traced (inside jit/vmap)."""
-  if isinstance(x, jax.core.Tracer):
-    return None
   try:
     return np.asarray(x)
   except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
