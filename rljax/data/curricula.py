@@ -18,7 +18,9 @@ follow the ``rljax.data.curricula`` contract::
 States are ``NamedTuple`` pytrees of ``jax.Array`` (checkpoint them with orbax next to the
 training state); ``sample`` is a deterministic function of ``(state, key)``; ``sample`` and
 ``update`` are jitted internally (hyperparameters and ``batch_size`` are static) and may also be
-called inside a user's ``jax.jit``.
+called inside a user's ``jax.jit``. Shapes are always checked; value checks (indices in range,
+finite rewards, rewards in [0, 1] where required) run on concrete inputs only, so they read the
+arrays back to the host: call the methods inside ``jax.jit`` to skip that synchronisation.
 
 ==================  ==========================================================================
 name                rule
@@ -572,7 +574,8 @@ class Exp3Sampler:
 
   Rule (Auer, Cesa-Bianchi, Freund & Schapire, "The Nonstochastic Multiarmed Bandit Problem",
   SIAM J. Comput. 32(1), 2002; Slivkins, "Introduction to Multi-Armed Bandits", arXiv 1904.07272,
-  Ch. 6, Exp3 = Hedge run on importance-weighted estimates plus γ-uniform exploration)::
+  Ch. 6, which builds Exp3 as Hedge run on importance-weighted estimates with γ-uniform
+  exploration mixed in; written here in the reward form)::
 
       p(a)   = (1 - γ) w(a) / Σ_b w(b) + γ / K
       a_j    ~ p  i.i.d. for j = 1..B                                   (sample)
