@@ -346,7 +346,8 @@ def rec_loss(logp: jax.Array,
     for name, value, inner in (("ring_epsilon_low", ring_epsilon_low, epsilon_low),
                                ("ring_epsilon_high", ring_epsilon_high, epsilon_high)):
       validation.check_positive(name, value, strict=False)
-      if float(value) < float(inner):
+      traced = any(isinstance(x, jax.core.Tracer) for x in (value, inner))
+      if not traced and float(value) < float(inner):
         raise ValueError(f"{name}={value} must be >= the inner epsilon {inner} for a ring.")
   m = validation.mask_as_float(mask)
   valid = m > 0
