@@ -300,9 +300,10 @@ def kl_cov_loss(logp: jax.Array,
   .. math:: \ell_t = -A_t\rho_t + \beta_{KL}\,|d_t|\,[t\in I].
 
   There is no PPO clipping, and the penalty is the *absolute* log-ratio. Unselected tokens have
-  exactly the gradient of :math:`-A\rho`. Because :math:`\frac{d}{dx}|x| = 0` at 0 (in JAX as in
-  torch), the penalty has no gradient while :math:`\pi_\theta = \pi_{old}`: on the first
-  on-policy mini-batch KL-Cov equals the plain surrogate and acts only on later ones.
+  exactly the gradient of :math:`-A\rho`. The reference code's ``abs`` (torch) has derivative 0 at
+  0, so the penalty has no gradient while :math:`\pi_\theta = \pi_{old}`: on the first on-policy
+  mini-batch KL-Cov equals the plain surrogate and acts only on later ones. rljax keeps that
+  (``jnp.abs`` has derivative 1 at 0, which would push every selected token down on-policy).
 
   Defaults follow the paper's 7B setting (k = 2e-3, β_KL = 1; the recipe scripts store k as the
   percentage ``k_percent=0.2``; the 32B setting is k = 2e-4). verl's ``kl_cov`` uses
@@ -350,7 +351,10 @@ def kl_cov_loss(logp: jax.Array,
     selected = kl_cov_selection(logp, advantages, mask, kl_cov_ratio=kl_cov_ratio)
   else:
     selected = _check_selection(selection, logp, valid)
-  per_token = -adv * jnp.exp(d) + jnp.where(selected, kl_coef * jnp.abs(d), 0.0)
+  # |d| as sign(d) * d: its derivative at d = 0 is 0, as torch's abs (jnp.abs has 1 there, which
+  # would make the penalty push on-policy tokens down).
+  abs_d = jnp.sign(d) * d
+  per_token = -adv * jnp.exp(d) + jnp.where(selected, kl_coef * abs_d, 0.0)
   loss = agg_lib.aggregate(per_token, m, aggregation, max_tokens=max_tokens,
                            normalizer=normalizer)
   sel = selected.astype(jnp.float32)
