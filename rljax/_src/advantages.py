@@ -58,8 +58,9 @@ def group_advantages(rewards: jax.Array,
 
   Example:
     >>> import jax.numpy as jnp, rljax
-    >>> rljax.group_advantages(jnp.array([1., 0., 1., 1.]), 2)
-    Array([ 0.7071062, -0.7071062,  0.       ,  0.       ], dtype=float32)
+    >>> a = rljax.group_advantages(jnp.array([1., 0., 1., 1.]), 2)  # std of (1, 0) is 1/sqrt(2)
+    >>> [round(float(x), 4) for x in a]
+    [0.7071, -0.7071, 0.0, 0.0]
   """
   validation.check_choice("scale", scale, GROUP_SCALES)
   validation.check_positive("eps", eps, strict=False)
