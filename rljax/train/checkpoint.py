@@ -101,7 +101,8 @@ class Checkpointer:
     Args:
       template: a pytree with the structure, shapes, dtypes and shardings of the saved state
         (concrete arrays or `jax.ShapeDtypeStruct`s with `.sharding`); restored arrays get the
-        template's shardings.
+        template's shardings. Or a function `meta -> template`, for states whose structure
+        depends on what the checkpoint's metadata says (e.g. the training phase).
       step: restore exactly this step (no fallback).
 
     Returns:
@@ -113,10 +114,15 @@ class Checkpointer:
     steps = [step] if step is not None else self.all_steps()[::-1]
     if not steps:
       return None
-    abstract = jax.tree.map(_abstract, template)
     errors = []
     for s in steps:
       try:
+        if callable(template):
+          meta = self._manager.restore(s, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+          step_template = template(dict(meta['meta'] or {}))
+        else:
+          step_template = template
+        abstract = jax.tree.map(_abstract, step_template)
         restored = self._manager.restore(
             s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                        meta=ocp.args.JsonRestore()))

@@ -8,7 +8,7 @@ The train step and the sampler are jitted over a `jax.sharding.Mesh` with three 
 
 The batch dimension of every batch array is sharded over ``('data', 'fsdp')``. Parameters follow
 *partition rules*: an ordered list of ``(regex, PartitionSpec)`` matched against the parameter's
-path (``'layers/0/attn/q_proj/kernel'``); the first match wins, and an unmatched parameter falls
+path (``'layers/0/self_attn/q_proj/weight'``); the first match wins, and an unmatched parameter falls
 back to `fsdp_spec` (its largest dimension divisible by the ``fsdp`` axis size, else replicated).
 With the default one-device mesh every array is replicated and nothing changes; adding axes and
 rules is all a larger run needs.
@@ -33,13 +33,16 @@ BATCH_AXES = ('data', 'fsdp')
 
 PartitionRules = Sequence[tuple[str, P]]
 
-# Rules for the tensor axis on a Llama-style decoder, matched against '/'-joined parameter paths.
-# Column-parallel projections shard their output dimension, row-parallel ones their input
-# dimension; the fsdp axis takes the other dimension. Kernels are stored [in, out].
+# Rules for the tensor axis on the rljax / Hugging Face Llama layout, matched against '/'-joined
+# parameter paths. Linear weights are stored [out, in]: column-parallel projections (q, k, v,
+# gate, up, lm_head) shard their output dimension over `tensor`, row-parallel ones (o, down) their
+# input dimension; the fsdp axis takes the other dimension.
 DEFAULT_RULES: PartitionRules = (
-    (r'(q_proj|k_proj|v_proj|qkv|gate_proj|up_proj|gate_up)/kernel$', P('fsdp', 'tensor')),
-    (r'(o_proj|down_proj)/kernel$', P('tensor', 'fsdp')),
-    (r'(embed|embedding|lm_head)', P('tensor', 'fsdp')),
+    (r'(q_proj|k_proj|v_proj|gate_proj|up_proj)/weight$', P('tensor', 'fsdp')),
+    (r'(q_proj|k_proj|v_proj|gate_proj|up_proj)/bias$', P('tensor')),
+    (r'(o_proj|down_proj)/weight$', P('fsdp', 'tensor')),
+    (r'lm_head/weight$', P('tensor', 'fsdp')),
+    (r'embed_tokens/weight$', P(None, ('tensor', 'fsdp'))),
 )
 
 
@@ -97,7 +100,8 @@ def _path_str(path) -> str:
     if isinstance(k, jax.tree_util.DictKey):
       parts.append(str(k.key))
     elif isinstance(k, jax.tree_util.GetAttrKey):
-      parts.append(str(k.name))
+      if k.name != 'value':  # the array inside an nnx.Variable
+        parts.append(str(k.name))
     elif isinstance(k, jax.tree_util.SequenceKey):
       parts.append(str(k.idx))
     else:

@@ -138,7 +138,7 @@ class ConsoleWriter(MetricWriter):
     start_step: the step the run (re)started from, so the ETA uses this session's pace only.
   """
 
-  DEFAULT_KEYS = ('reward_mean', 'pass_rate', 'loss', 'entropy', 'kl_ref', 'response_length',
+  DEFAULT_KEYS = ('sft/nll', 'reward_mean', 'pass_rate', 'loss', 'entropy', 'kl_ref', 'response_length',
                   'eval/greedy_accuracy', 'eval/sampled_pass@1', 'step_time', 'tokens_per_sec')
 
   def __init__(self, total_steps: int, *, keys: Sequence[str] = DEFAULT_KEYS,

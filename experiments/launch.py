@@ -1,0 +1,54 @@
+r"""Launches one experiment: `python -m experiments.launch --flagfile=... --workdir=...`.
+
+Every field of `experiments.config.Config` is a flag (`--helpfull` lists them with their valid
+values). Flags are validated before anything is built: an invalid value exits at once with a
+message naming the flag and the valid values. The run resumes if `--workdir` holds a checkpoint.
+
+Example:
+  python -m experiments.launch \
+      --flagfile=experiments/configs/arithmetic_grpo.flags --workdir=/tmp/arith
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from experiments import config as config_lib
+
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the summary '
+                    '(a run restarted in the same workdir resumes).')
+flags.mark_flag_as_required('workdir')
+config_lib.define_flags()
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  try:
+    config = config_lib.config_from_flags(FLAGS)
+  except ValueError as e:
+    # Same form as absl's own flag errors; exit status 2 (usage error).
+    sys.stderr.write(f'FATAL Flags parsing error: {e}\n'
+                     'Pass --helpshort or --helpfull to see help on flags.\n')
+    sys.exit(2)
+  if not FLAGS.is_parsed() or FLAGS['verbosity'].using_default_value:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO.
+  # Imported after validation so that a bad flag fails before JAX starts.
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  summary = train.train_and_evaluate(config, FLAGS.workdir)
+  return 0 if summary else 1
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == '__main__':
+  sys.exit(run())

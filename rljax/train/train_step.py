@@ -1,0 +1,441 @@
+"""Jitted, sharded updates: the RL step (several optimizer steps on one batch) and the SFT step.
+
+One RL update on a batch of `B = num_prompts * group_size` completions, as one jitted function of
+global arrays (so under a mesh every sum and metric is over the whole batch):
+
+1. Score the batch with the current parameters (no gradient): `old_logp` (the proximal anchor,
+   unless `old_logp='sampler'`), per-token entropy, and the trainer-vs-sampler log-prob gap.
+   Score it with the frozen reference parameters when a KL term or the estimator needs them.
+2. Advantages from the rewards (`LossConfig.advantage`, or the estimator's preset), optionally
+   multiplied by truncated / masked importance weights of trainer over sampler (TIS / MIS).
+3. `num_epochs` passes over the batch in `num_minibatches` mini-batches of whole groups (shuffled
+   per epoch); each mini-batch is one optimizer step on
+   `estimator_loss + kl_coef * KL(π_θ‖π_ref) - entropy_coef * H(π_θ)`.
+4. Metrics from the global arrays (means over the mini-batch steps for loss diagnostics).
+
+The estimator is chosen by name (`rljax.train.estimators.ESTIMATORS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+import rljax
+from rljax.train import estimators as est_lib
+from rljax.train import mesh as mesh_lib
+from rljax.train.rollout import Rollout
+
+SCHEDULES = ('constant', 'cosine', 'linear')
+OPTIMIZERS = ('adamw', 'adam', 'sgd')
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+  """Parameters, optimizer state and the number of optimizer updates applied.
+
+  Attributes:
+    params: `nnx.State` of the model's `nnx.Param`s.
+    opt_state: optax state.
+    step: int32 scalar, optimizer updates so far (drives the learning-rate schedule).
+  """
+
+  params: Any
+  opt_state: Any
+  step: jax.Array
+
+  def replace(self, **changes) -> 'TrainState':
+    return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """Optax optimizer with gradient clipping and a warmup + decay schedule.
+
+  Attributes:
+    optimizer: 'adamw', 'adam' or 'sgd'.
+    learning_rate: peak learning rate.
+    schedule: 'constant', 'cosine' (to `end_lr_factor * lr`) or 'linear', after warmup.
+    warmup_steps: linear warmup from 0 over this many updates.
+    decay_steps: updates over which the decay runs (after warmup); ignored for 'constant'.
+    end_lr_factor: final learning rate as a fraction of the peak.
+    weight_decay: decoupled weight decay (adamw only).
+    b1, b2, eps: Adam moments.
+    max_grad_norm: clip the global gradient norm to this (None or 0: no clipping).
+  """
+
+  optimizer: str = 'adamw'
+  learning_rate: float = 1e-4
+  schedule: str = 'constant'
+  warmup_steps: int = 0
+  decay_steps: int = 0
+  end_lr_factor: float = 0.0
+  weight_decay: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  max_grad_norm: float | None = 1.0
+
+  def __post_init__(self):
+    if self.optimizer not in OPTIMIZERS:
+      raise ValueError(f'optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}')
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f'schedule must be one of {SCHEDULES}, got {self.schedule!r}')
+    if not self.learning_rate > 0:
+      raise ValueError(f'learning_rate must be > 0, got {self.learning_rate}')
+    if self.warmup_steps < 0 or self.decay_steps < 0:
+      raise ValueError('warmup_steps and decay_steps must be >= 0')
+
+
+def make_schedule(cfg: OptimizerConfig) -> optax.Schedule:
+  """Linear warmup to `learning_rate`, then constant / cosine / linear decay."""
+  peak = cfg.learning_rate
+  end = peak * cfg.end_lr_factor
+  if cfg.schedule == 'constant' or cfg.decay_steps == 0:
+    decay = optax.constant_schedule(peak)
+  elif cfg.schedule == 'cosine':
+    decay = optax.cosine_decay_schedule(peak, cfg.decay_steps, alpha=cfg.end_lr_factor)
+  else:
+    decay = optax.linear_schedule(peak, end, cfg.decay_steps)
+  if cfg.warmup_steps == 0:
+    return decay
+  warmup = optax.linear_schedule(0.0, peak, cfg.warmup_steps)
+  return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
+
+
+def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+  """`clip_by_global_norm` then the optimizer with the schedule of `cfg`."""
+  schedule = make_schedule(cfg)
+  if cfg.optimizer == 'adamw':
+    opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+  elif cfg.optimizer == 'adam':
+    opt = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+  else:
+    opt = optax.sgd(schedule)
+  if cfg.max_grad_norm:
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), opt)
+  return opt
+
+
+def init_train_state(params: Any, tx: optax.GradientTransformation,
+                     mesh: jax.sharding.Mesh | None = None,
+                     rules: mesh_lib.PartitionRules = mesh_lib.DEFAULT_RULES) -> TrainState:
+  """Fresh optimizer state for `params`.
+
+  With a `mesh`, every leaf of the returned state is placed explicitly: the optimizer moments
+  follow the parameters' partition rules (their paths end with the parameter names) and scalars
+  are replicated, so the jitted step sees the same input shardings on every call (no
+  recompilation after the first step).
+  """
+  opt_state = jax.jit(tx.init)(params)
+  state = TrainState(params=params, opt_state=opt_state, step=jnp.zeros((), jnp.int32))
+  if mesh is not None:
+    state = jax.device_put(state, mesh_lib.param_shardings(state, mesh, rules))
+  return state
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """What the RL update optimises.
+
+  Attributes:
+    estimator: name in `rljax.train.estimators.ESTIMATORS`.
+    advantage: advantage mode (`estimators.ADVANTAGE_MODES`), None for the estimator's preset.
+    aggregation: aggregation mode (`rljax.AGGREGATION_MODES`), None for the preset.
+    max_tokens: constant of 'seq-mean-token-sum-norm' (None: the completion width N).
+    temperature: sampling temperature; the trainer scores with the same temperature so its
+      log-probs are those of the sampled distribution.
+    kl_coef: weight of the KL-to-reference penalty (0: no penalty, and the reference is only
+      scored for the `kl_ref` metric when `track_ref_kl`).
+    kl_estimator: 'k1', 'k2', 'k3', 'abs' or 'mse' (see `rljax.kl_divergence`).
+    entropy_coef: weight of the entropy bonus.
+    is_correction: 'none', 'tis' (truncate) or 'mis' (mask) rollout-vs-trainer importance
+      weights `π_trainer / μ_sampler` applied to the advantages.
+    is_cap: the truncation / masking threshold.
+    is_level: 'token' or 'sequence'.
+    old_logp: 'trainer' (recompute the proximal anchor with the trainer before the first
+      update) or 'sampler' (use the sampler's behaviour log-probs).
+    loss_kwargs: estimator hyperparameters as (name, value) pairs, overriding the preset's.
+    track_ref_kl: score the reference even without a KL term, to report `kl_ref`.
+  """
+
+  estimator: str = 'grpo'
+  advantage: str | None = None
+  aggregation: str | None = None
+  max_tokens: int | None = None
+  temperature: float = 1.0
+  kl_coef: float = 0.0
+  kl_estimator: str = 'k3'
+  entropy_coef: float = 0.0
+  is_correction: str = 'none'
+  is_cap: float = 2.0
+  is_level: str = 'token'
+  old_logp: str = 'trainer'
+  loss_kwargs: tuple[tuple[str, Any], ...] = ()
+  track_ref_kl: bool = True
+
+  def __post_init__(self):
+    est_lib.get_estimator(self.estimator)
+    if self.advantage is not None and self.advantage not in est_lib.ADVANTAGE_MODES:
+      raise ValueError(f'advantage must be one of {est_lib.ADVANTAGE_MODES}, '
+                       f'got {self.advantage!r}')
+    if self.aggregation is not None and self.aggregation not in rljax.AGGREGATION_MODES:
+      raise ValueError(f'aggregation must be one of {rljax.AGGREGATION_MODES}, '
+                       f'got {self.aggregation!r}')
+    if self.kl_estimator not in rljax.KL_ESTIMATORS:
+      raise ValueError(f'kl_estimator must be one of {rljax.KL_ESTIMATORS}, '
+                       f'got {self.kl_estimator!r}')
+    if self.is_correction not in est_lib.IS_CORRECTIONS:
+      raise ValueError(f'is_correction must be one of {est_lib.IS_CORRECTIONS}, '
+                       f'got {self.is_correction!r}')
+    if self.old_logp not in est_lib.OLD_LOGP_SOURCES:
+      raise ValueError(f'old_logp must be one of {est_lib.OLD_LOGP_SOURCES}, '
+                       f'got {self.old_logp!r}')
+    if not self.temperature > 0:
+      raise ValueError(f'temperature must be > 0, got {self.temperature}')
+    if self.kl_coef < 0 or self.entropy_coef < 0:
+      raise ValueError('kl_coef and entropy_coef must be >= 0')
+
+  @property
+  def spec(self) -> est_lib.EstimatorSpec:
+    return est_lib.get_estimator(self.estimator)
+
+  @property
+  def advantage_mode(self) -> str:
+    return self.advantage or self.spec.advantage
+
+  @property
+  def aggregation_mode(self) -> str:
+    return self.aggregation or self.spec.aggregation or 'token-mean'
+
+  @property
+  def uses_ref(self) -> bool:
+    return self.kl_coef > 0 or self.spec.needs_ref or self.track_ref_kl
+
+  def estimator_kwargs(self, completion_width: int) -> dict[str, Any]:
+    kw = dict(self.spec.defaults)
+    kw.update(dict(self.loss_kwargs))
+    kw['aggregation'] = self.aggregation_mode
+    kw['max_tokens'] = self.max_tokens or completion_width
+    return kw
+
+
+def score_fn(graphdef: nnx.GraphDef, params: Any, tokens: jax.Array, input_mask: jax.Array,
+             mask: jax.Array, *, temperature: float = 1.0, return_entropy: bool = False):
+  """`rljax.models.score` of the model rebuilt from `(graphdef, params)` (usable under jit)."""
+  from rljax.models import score  # pylint: disable=g-import-not-at-top
+  model = nnx.merge(graphdef, params)
+  return score(model, tokens, input_mask, mask, temperature=temperature,
+               return_entropy=return_entropy)
+
+
+def _masked_mean(x, m):
+  return jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def _masked_max(x, m):
+  return jnp.max(jnp.where(m > 0, x, -jnp.inf), initial=-jnp.inf)
+
+
+def _masked_min(x, m):
+  return jnp.min(jnp.where(m > 0, x, jnp.inf), initial=jnp.inf)
+
+
+def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg: LossConfig,
+                   *, group_size: int, num_epochs: int = 1, num_minibatches: int = 1,
+                   max_new_tokens: int | None = None, shuffle: bool = True,
+                   donate: bool = True) -> Callable[..., Any]:
+  """Builds `update(state, ref_params, batch, key) -> (state, metrics)`, jitted.
+
+  Args:
+    graphdef: the model's graph definition (`nnx.split(model, nnx.Param)[0]`).
+    tx: optax transformation (see `make_optimizer`).
+    cfg: the loss configuration.
+    group_size: completions per prompt G (groups are contiguous; mini-batches hold whole groups).
+    num_epochs: passes over the batch.
+    num_minibatches: optimizer steps per pass; the number of prompts must be divisible by it.
+    max_new_tokens: completion width N, the default `max_tokens` of 'seq-mean-token-sum-norm'
+      (default: the full sequence length L).
+    shuffle: permute the groups before splitting each epoch into mini-batches.
+    donate: donate the input state's buffers.
+
+  Returns:
+    A jitted function. `batch` is a `Rollout` whose leading dimension may be sharded over the
+    mesh's batch axes (call it under `jax.set_mesh(mesh)` so mini-batches keep that sharding);
+    `ref_params` may be None when `cfg.uses_ref` is False. `metrics` is a dict of scalars.
+  """
+  spec = cfg.spec
+  est_lib.check_available(cfg.estimator)
+  if cfg.is_correction != 'none' and not spec.supports_is:
+    raise ValueError(f'is_correction={cfg.is_correction!r} does not apply to estimator '
+                     f'{cfg.estimator!r}, which builds its own weights from raw rewards')
+  if num_epochs < 1 or num_minibatches < 1:
+    raise ValueError(f'num_epochs and num_minibatches must be >= 1, got {num_epochs}, '
+                     f'{num_minibatches}')
+  aggregation = cfg.aggregation_mode
+  adv_mode = cfg.advantage_mode
+  temperature = cfg.temperature
+  need_entropy_grad = cfg.entropy_coef > 0
+
+  def loss_fn(params, mb, key, loss_kwargs):
+    out = score_fn(graphdef, params, mb['tokens'], mb['input_mask'], mb['mask'],
+                   temperature=temperature, return_entropy=need_entropy_grad)
+    logp, entropy = out if need_entropy_grad else (out, None)
+    inputs = est_lib.LossInputs(
+        logp=logp, old_logp=mb['old_logp'], behavior_logp=mb['behavior_logp'],
+        ref_logp=mb['ref_logp'], advantages=mb['advantages'], rewards=mb['rewards'],
+        mask=mb['mask'], key=key, group_size=group_size, is_weights=mb.get('is_weights'))
+    main = spec.call(inputs, loss_kwargs)
+    total = main.loss
+    metrics = {f'loss/{k}': v for k, v in main.metrics.items()}
+    metrics['loss/policy'] = main.loss
+    if cfg.kl_coef > 0:
+      kl = rljax.kl_penalty_loss(logp, mb['ref_logp'], mb['mask'], cfg.kl_coef,
+                                 estimator=cfg.kl_estimator, aggregation=aggregation,
+                                 max_tokens=loss_kwargs.get('max_tokens'))
+      total = total + kl.loss
+      metrics['loss/kl_penalty'] = kl.loss
+    if need_entropy_grad:
+      ent = rljax.entropy_bonus(entropy, mb['mask'], cfg.entropy_coef, aggregation=aggregation,
+                                max_tokens=loss_kwargs.get('max_tokens'))
+      total = total + ent.loss
+      metrics['loss/entropy_bonus'] = ent.loss
+    # Importance-ratio diagnostics of the current policy against the proximal anchor.
+    m = mb['mask']
+    d = jax.lax.stop_gradient(jnp.where(m > 0, logp - mb['old_logp'], 0.0))
+    r = jnp.exp(jnp.clip(d, -20.0, 20.0))
+    metrics.update({
+        'ratio/mean': _masked_mean(r, m), 'ratio/max': _masked_max(r, m),
+        'ratio/min': _masked_min(r, m), 'ratio/approx_kl_old': _masked_mean(r - 1.0 - d, m),
+    })
+    metrics['loss/total'] = total
+    return total, metrics
+
+  def update(state: TrainState, ref_params: Any, batch: Rollout, key: jax.Array):
+    tokens = batch.tokens
+    b, length = tokens.shape
+    if b % group_size:
+      raise ValueError(f'batch size {b} is not a multiple of group_size={group_size}')
+    num_groups = b // group_size
+    if num_groups % num_minibatches:
+      raise ValueError(f'{num_groups} prompts per batch do not split into '
+                       f'num_minibatches={num_minibatches}')
+    mask = batch.completion_mask.astype(jnp.float32)
+    input_mask = batch.input_mask.astype(jnp.int32)
+
+    trainer_logp, entropy = score_fn(graphdef, state.params, tokens, input_mask, mask,
+                                     temperature=temperature, return_entropy=True)
+    trainer_logp = jax.lax.stop_gradient(trainer_logp)
+    entropy = jax.lax.stop_gradient(entropy)
+    if cfg.uses_ref:
+      ref_logp = jax.lax.stop_gradient(
+          score_fn(graphdef, ref_params, tokens, input_mask, mask, temperature=temperature))
+    else:
+      ref_logp = jnp.zeros_like(trainer_logp)
+    old_logp = trainer_logp if cfg.old_logp == 'trainer' else batch.behavior_logp
+
+    adv = est_lib.compute_advantages(batch.rewards, group_size, adv_mode)
+    if cfg.is_correction != 'none':
+      is_w = rljax.truncated_is_weights(
+          batch.behavior_logp, trainer_logp, mask, cap=cfg.is_cap, level=cfg.is_level,
+          mode='truncate' if cfg.is_correction == 'tis' else 'mask')
+      is_weights, is_metrics = is_w.weights, is_w.metrics
+    else:
+      is_weights, is_metrics = None, {}
+
+    loss_kwargs = cfg.estimator_kwargs(max_new_tokens or length)
+
+    data = {
+        'tokens': tokens, 'input_mask': input_mask, 'mask': mask, 'old_logp': old_logp,
+        'behavior_logp': batch.behavior_logp, 'ref_logp': ref_logp, 'advantages': adv,
+        'rewards': batch.rewards,
+    }
+    if is_weights is not None:
+      data['is_weights'] = is_weights
+    steps = num_epochs * num_minibatches
+    mb_rows = b // num_minibatches
+    key_perm, key_loss = jax.random.split(key)
+    if shuffle and num_minibatches > 1:
+      perms = jax.vmap(lambda k: jax.random.permutation(k, num_groups))(
+          jax.random.split(key_perm, num_epochs))
+    else:
+      perms = jnp.broadcast_to(jnp.arange(num_groups), (num_epochs, num_groups))
+    rows = (perms[:, :, None] * group_size + jnp.arange(group_size)).reshape(steps, mb_rows)
+    loss_keys = jax.random.split(key_loss, steps)
+
+    def body(carry, xs):
+      params, opt_state, step = carry
+      ids, k = xs
+      mb = {name: mesh_lib.constrain_batch(jnp.take(x, ids, axis=0)) for name, x in data.items()}
+      (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          params, mb, k, loss_kwargs=loss_kwargs)
+      metrics['grad_norm'] = optax.global_norm(grads)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+      return (params, opt_state, step + 1), metrics
+
+    (params, opt_state, step), mb_metrics = jax.lax.scan(
+        body, (state.params, state.opt_state, state.step), (rows, loss_keys))
+    metrics = {k: (jnp.max(v) if k.endswith('max') else
+                   jnp.min(v) if k.endswith('min') else jnp.mean(v))
+               for k, v in mb_metrics.items()}
+
+    # Batch statistics, from the global arrays.
+    rewards = batch.rewards.astype(jnp.float32)
+    grouped = rewards.reshape(num_groups, group_size)
+    lengths = jnp.sum(mask, axis=1)
+    gap = jnp.abs(trainer_logp - batch.untruncated_logp)
+    metrics.update({
+        'reward_mean': jnp.mean(rewards),
+        'reward_std': jnp.std(rewards),
+        'response_length': jnp.mean(lengths),
+        'response_length_max': jnp.max(lengths),
+        'truncation_rate': 1.0 - jnp.mean(batch.stopped.astype(jnp.float32)),
+        'entropy': _masked_mean(entropy, mask),
+        'advantage_abs_mean': jnp.mean(jnp.abs(adv)),
+        'mixed_groups_frac': jnp.mean((jnp.max(grouped, 1) > jnp.min(grouped, 1))
+                                      .astype(jnp.float32)),
+        'logp_diff/trainer_sampler_mean': _masked_mean(gap, mask),
+        'logp_diff/trainer_sampler_max': _masked_max(gap, mask),
+        'num_tokens': jnp.sum(mask),
+        'learning_rate_step': step.astype(jnp.float32),
+    })
+    metrics.update({f'is/{k}': v for k, v in is_metrics.items()})
+    if cfg.uses_ref:
+      k3 = rljax.kl_divergence(trainer_logp, ref_logp, mask, estimator='k3')
+      metrics['kl_ref'] = _masked_mean(k3, mask)
+    return TrainState(params=params, opt_state=opt_state, step=step), metrics
+
+  return jax.jit(update, donate_argnums=(0,) if donate else ())
+
+
+def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                  donate: bool = True) -> Callable[..., Any]:
+  """Builds `step(state, tokens, input_mask, target_mask) -> (state, metrics)`, jitted.
+
+  Supervised warm start: minimises the token-mean negative log-likelihood of the target tokens
+  (the demonstrations), `-Σ m_t log p(y_t | y_<t) / Σ m_t`, over the global batch.
+  """
+
+  def loss_fn(params, tokens, input_mask, target_mask):
+    logp = score_fn(graphdef, params, tokens, input_mask, target_mask)
+    m = target_mask.astype(jnp.float32)
+    nll = -jnp.sum(logp * m) / jnp.maximum(jnp.sum(m), 1.0)
+    return nll, {'sft/nll': nll,
+                 'sft/token_accuracy_proxy': _masked_mean(jnp.exp(logp), m)}
+
+  def step(state: TrainState, tokens, input_mask, target_mask):
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, tokens, input_mask, target_mask)
+    metrics['sft/grad_norm'] = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(params=params, opt_state=opt_state, step=state.step + 1), metrics
+
+  return jax.jit(step, donate_argnums=(0,) if donate else ())
