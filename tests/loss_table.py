@@ -97,8 +97,9 @@ def cases(group_sizes=(2,), variants=True) -> List[Case]:
 
 
 def bind(case: Case) -> Callable:
-  """Returns `f(diff, data) -> LossOutput`; `diff` is the differentiable first argument
-  (``logp``, or ``entropy`` for the entropy bonus) and `data` a dict of the other arrays."""
+  """Returns `f(diff, data, **extra) -> LossOutput`; `diff` is the differentiable first argument
+  (``logp``, or ``entropy`` for the entropy bonus), `data` a dict of the other arrays and
+  `extra` further keyword arguments (e.g. ``normalizer``)."""
   fn = getattr(rljax, case.name)
   params = _params(case.name)
   positional = [p for p in params.values()
@@ -109,7 +110,7 @@ def bind(case: Case) -> Callable:
   diff_name = positional[0].name
   kwargs = dict(REQUIRED.get(case.name, {}), **case.kwargs)
 
-  def f(diff, data):
+  def f(diff, data, **extra):
     args = []
     for p in positional:
       if p.name == diff_name:
@@ -118,7 +119,7 @@ def bind(case: Case) -> Callable:
         args.append(case.group_size)
       else:
         args.append(data[p.name])
-    return fn(*args, **kwargs)
+    return fn(*args, **kwargs, **extra)
 
   f.diff_name = diff_name
   return f
