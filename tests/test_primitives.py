@@ -409,8 +409,10 @@ def test_effective_sample_size(jit):
   close(call(rljax.effective_sample_size,
              np.array([1e4, 0, 0, -1e4, 0, 0, 0], np.float32), jit=jit), 1 / 7)
   close(call(rljax.effective_sample_size, lw, np.zeros(7, np.float32), jit=jit), 1.0)
-  # A -inf log-weight is a zero weight.
+  # A -inf log-weight is a zero weight; +inf ones dominate (was NaN: inf - inf).
   close(rljax.effective_sample_size(np.array([-np.inf, 0., 0.], np.float32)), 2 / 3)
+  close(rljax.effective_sample_size(np.array([np.inf, 0., 0.], np.float32)), 1 / 3)
+  close(rljax.effective_sample_size(np.array([np.inf, np.inf, 0., 5.], np.float32)), 2 / 4)
   close(jax.vmap(rljax.effective_sample_size)(np.stack([lw, -lw]), np.stack([mask, mask])),
         [np_ess(lw, mask), np_ess(-lw, mask)])
   g = jax.grad(lambda x: rljax.effective_sample_size(x))(jnp.asarray(lw))

@@ -122,7 +122,8 @@ def effective_sample_size(log_weights: jax.Array, mask: Optional[jax.Array] = No
   if mask is not None:
     validation.check_same_shape([("log_weights", lw), ("mask", mask)])
   n = jnp.sum(valid.astype(jnp.float32))
-  lw = jnp.where(valid, lw, -jnp.inf)
+  # +inf is an overwhelming weight: make it the largest finite value (else inf - inf = NaN below).
+  lw = jnp.where(valid, jnp.minimum(lw, jnp.finfo(jnp.float32).max), -jnp.inf)
   finite_max = jnp.max(jnp.where(valid, lw, -jnp.finfo(jnp.float32).max))
   lw = jnp.where(valid, lw - finite_max, -jnp.inf)
   log_ess = 2.0 * jax.nn.logsumexp(lw) - jax.nn.logsumexp(2.0 * lw)
