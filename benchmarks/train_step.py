@@ -20,7 +20,9 @@ benchmark dtype (`--peak-size`, 2048 by default). On a GPU pass `--peak-tflops` 
 against the card's datasheet peak instead.
 
 The frameworks run in alternating rounds (`--rounds`), so load from other processes falls on
-both; the reported time is the median step. On CPU the script appends
+both; the reported time is the median step, and the process CPU time per step is printed too.
+PyTorch gets as many threads as the process may use CPUs, so `taskset -c 0 python ...` compares
+the two on one core. On CPU the script appends
 `--xla_cpu_experimental_ynn_fusion_type=dot,reduce` to XLA_FLAGS before importing JAX (it
 speeds the train step up; `--no-ynn-fusion` turns it off).
 
@@ -112,12 +114,15 @@ def train_flops_per_token(c: TransformerConfig, seq: int) -> float:
 # -------------------------------------------------------------------------------- timing
 
 
-def _median_time(fn, sync, n):
+def _median_time(fn, sync, n, cpu_times=None):
+  """Wall-clock seconds of n calls (and, into `cpu_times`, this process's CPU seconds)."""
   times = []
   for _ in range(n):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     sync(fn())
     times.append(time.perf_counter() - t0)
+    if cpu_times is not None:
+      cpu_times.append(time.process_time() - c0)
   return times
 
 
@@ -266,7 +271,7 @@ def main(args):
         f"layers, d_model {config.d_model}, heads {config.num_heads}/{config.num_kv_heads}, "
         f"vocab {config.vocab_size}; batch {args.batch} x seq {args.seq}, {args.dtype}")
   print(f"jax {jax.__version__} on {backend} ({jax.devices()[0].device_kind}), "
-        f"{os.cpu_count()} CPUs, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+        f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs usable, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   print(f"model FLOPs per step: {flops_step / 1e9:.1f} GFLOP "
         f"(6N + 12LSHDh per token, N = {matmul_params(config) / 1e6:.2f}M)")
 
@@ -277,6 +282,8 @@ def main(args):
     import transformers  # pylint: disable=g-import-not-at-top,redefined-outer-name
     transformers.logging.set_verbosity_error()
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":  # as many threads as CPUs this process may run on (`taskset` aware)
+      torch.set_num_threads(len(os.sched_getaffinity(0)))
     print(f"torch {torch.__version__} on {device} ({torch.get_num_threads()} threads), "
           f"transformers {transformers.__version__}")
 
@@ -314,9 +321,10 @@ def main(args):
             f"first loss {float(runner.loss):.3f}")
 
   times = {name: [] for name in runners}
+  cpu = {name: [] for name in runners}
   for _ in range(args.rounds):
     for name, runner in runners.items():
-      times[name] += _median_time(runner.step, runner.sync, args.steps)
+      times[name] += _median_time(runner.step, runner.sync, args.steps, cpu[name])
 
   def tok_s(name):
     return args.batch * args.seq / statistics.median(times[name])
@@ -337,6 +345,13 @@ def main(args):
   if "torch.compile" in runners:
     print(f"{describe('torch.compile')} | rljax vs torch.compile "
           f"{tok_s('rljax') / tok_s('torch.compile'):.2f}x")
+  # CPU seconds per step (all threads): less sensitive than wall time to other processes
+  # sharing the machine, though spin-waiting threads count too.
+  cpu_ms = {name: 1e3 * statistics.median(v) for name, v in cpu.items()}
+  line = ", ".join(f"{name} {ms:,.0f} ms" for name, ms in cpu_ms.items())
+  if "torch eager" in cpu_ms:
+    line += f" | ratio (torch eager / rljax CPU time) {cpu_ms['torch eager'] / cpu_ms['rljax']:.2f}x"
+  print(f"process CPU time per step: {line}")
 
   if args.breakdown:
     print("breakdown (median ms): forward (loss) | forward+backward | AdamW update")
