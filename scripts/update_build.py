@@ -21,7 +21,7 @@ LIBRARIES = [
     ("data", ["rljax/data/**/*.py"], "rljax.data"),
     ("train", ["rljax/train/**/*.py"], "rljax.train"),
     ("experiments", ["experiments/**/*.py"], "experiments"),
-    ("test_utils", ["tests/__init__.py", "tests/conftest.py", "tests/tabular.py"], "tests"),
+    ("test_utils", ["tests/[!t]*.py", "tests/t[!e]*.py", "tests/te[!s]*.py"], "tests"),
 ]
 DATA = {
     "experiments": ["experiments/configs/*.flags"],
@@ -40,7 +40,8 @@ package(default_visibility = ["//visibility:public"])
 def _files(patterns):
   out = set()
   for p in patterns:
-    out.update(f for f in ROOT.glob(p) if f.is_file() and "__pycache__" not in f.parts)
+    out.update(f for f in ROOT.glob(p) if f.is_file() and "__pycache__" not in f.parts
+               and f.name != "bazel_pytest.py")
   return sorted(str(f.relative_to(ROOT)) for f in out)
 
 

@@ -258,3 +258,10 @@ def test_gae_identities_vmap_and_errors():
     rljax.gae_advantages(rewards, values[:, :2], TOKEN_MASK)
   with pytest.raises(ValueError, match="mask must have the same shape"):
     rljax.discounted_returns(rewards, TOKEN_MASK[:2])
+
+
+def test_global_baseline_rejects_out_of_range_group_ids():
+  with pytest.raises(ValueError, match="group_ids must lie in"):
+    rljax.global_baseline_advantages(jnp.ones(3), jnp.array([0, 1, 3]), 2)
+  with pytest.raises(ValueError, match="group_ids must lie in"):
+    rljax.global_baseline_advantages(jnp.ones(2), jnp.array([-1, 0]), 2)

@@ -146,6 +146,11 @@ def global_baseline_advantages(rewards: jax.Array,
   if mask is not None:
     validation.check_shape("mask", mask, rewards.shape)
   ids = jnp.asarray(group_ids, jnp.int32)
+  if not isinstance(group_ids, jax.core.Tracer):
+    lo, hi = int(jnp.min(ids, initial=0)), int(jnp.max(ids, initial=0))
+    if lo < 0 or hi >= num_groups:
+      raise ValueError(f"group_ids must lie in [0, num_groups={num_groups}), got values in "
+                       f"[{lo}, {hi}].")
   sums = jax.ops.segment_sum(rewards * w, ids, num_segments=num_groups)
   counts = jax.ops.segment_sum(w, ids, num_segments=num_groups)
   means = sums / jnp.maximum(counts, 1.0)

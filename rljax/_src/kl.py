@@ -30,7 +30,8 @@ def kl_divergence(logp: jax.Array,
   * ``abs`` = :math:`|d|`.
 
   `ref_logp` is data (stop-gradient). With `clamp`, :math:`d` is clamped to ±clamp before the
-  exponential (verl clamps at 20); masked tokens are 0.
+  exponential (verl clamps at 20), so k3 is at most :math:`e^{20}`; verl additionally clips the k3
+  *value* to [-10, 10] (apply `jnp.clip` to the result to reproduce it). Masked tokens are 0.
 
   Args:
     logp: [B, T] log-probs under the policy (carries the gradient).

@@ -45,8 +45,8 @@ def token_logp_from_logits(logits: jax.Array, tokens: jax.Array, *,
 def entropy_from_logits(logits: jax.Array, *, temperature: float = 1.0) -> jax.Array:
   r"""Entropy of the softmax, :math:`H = -\sum_v p_v \log p_v`, per position, in float32.
 
-  Computed as :math:`\mathrm{logsumexp}(z) - \sum_v p_v z_v`, which is finite for logits of
-  -inf (masked vocabulary entries) as well.
+  Entries with :math:`p_v = 0` (logits of -inf, e.g. a masked vocabulary) contribute 0 to the
+  value and the gradient (double `where`), so both stay finite.
 
   Args:
     logits: [..., V].
