@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from rljax._src import aggregation as agg_lib
+from rljax._src import group_reinforce
 from rljax._src import ratios
 from rljax._src import types
 from rljax._src import validation
@@ -119,7 +120,8 @@ def clip_cov_selection(logp: jax.Array,
   """
   validation.check_token_inputs(logp, mask, old_logp=old_logp)
   _check_fraction("clip_ratio", clip_ratio)
-  if not float(cov_lower) < float(cov_upper):
+  traced = any(isinstance(x, jax.core.Tracer) for x in (cov_lower, cov_upper))
+  if not traced and not float(cov_lower) < float(cov_upper):
     raise ValueError(f"cov_lower={cov_lower} must be < cov_upper={cov_upper}.")
   valid = validation.mask_as_float(mask) > 0
   adv = jnp.where(valid, validation.advantages_as_tokens(advantages, logp), 0.0)
@@ -164,16 +166,16 @@ def _check_selection(selection, logp, valid):
   return jax.lax.stop_gradient(jnp.asarray(selection)).astype(bool) & valid
 
 
-def _common_metrics(d, m, logp, old_logp, mask, clamp, cov, selected):
-  metrics = ratios.ratio_metrics(d, m, clamp=clamp)
+def _metrics(d, m, logp, old_logp, mask, clamp, cov, selected, means=None, sums=None):
+  """Ratio statistics, selection counts and covariance, in one fused reduction."""
+  sel = selected.astype(jnp.float32)
+  ratio_means, mins, maxs = group_reinforce.ratio_stat_terms(d, clamp)
+  means = dict(ratio_means, selected_frac=sel, cov_mean=cov, **(means or {}))
+  sums = dict(num_selected=sel, **(sums or {}))
+  metrics = group_reinforce.masked_stats(m, means=means, sums=sums, mins=mins, maxs=maxs)
   nonempty = jnp.sum(m, axis=-1) > 0
-  metrics.update({
-      "ess": ratios.effective_sample_size(
-          ratios.log_ratio(logp, old_logp, mask, level="sequence-sum", clamp=clamp), nonempty),
-      "num_selected": jnp.sum(selected.astype(jnp.float32)),
-      "selected_frac": agg_lib.masked_mean(selected.astype(jnp.float32), m),
-      "cov_mean": agg_lib.masked_mean(cov, m),
-  })
+  metrics["ess"] = ratios.effective_sample_size(
+      ratios.log_ratio(logp, old_logp, mask, level="sequence-sum", clamp=clamp), nonempty)
   return metrics
 
 
@@ -267,14 +269,11 @@ def clip_cov_loss(logp: jax.Array,
   low = (adv < 0) & (rho < 1.0 - epsilon_low)
   high = (adv > 0) & (rho > 1.0 + epsilon_high)
   candidates = valid & ~by_ppo & (cov > cov_lower) & (cov < cov_upper)
-  metrics = _common_metrics(d, m, logp, old_logp, mask, clamp, cov, selected)
-  metrics.update({
-      "clip_frac_low": agg_lib.masked_mean(as_float(low), m),
-      "clip_frac_high": agg_lib.masked_mean(as_float(high), m),
-      "clip_frac": agg_lib.masked_mean(as_float(low | high), m),
-      "masked_frac": metrics["selected_frac"],
-      "num_candidates": jnp.sum(as_float(candidates)),
-  })
+  metrics = _metrics(d, m, logp, old_logp, mask, clamp, cov, selected,
+                     means={"clip_frac_low": as_float(low), "clip_frac_high": as_float(high),
+                            "clip_frac": as_float(low | high)},
+                     sums={"num_candidates": as_float(candidates)})
+  metrics["masked_frac"] = metrics["selected_frac"]
   metrics = {k: jax.lax.stop_gradient(v) for k, v in metrics.items()}
   return types.LossOutput(loss, metrics)
 
@@ -357,11 +356,9 @@ def kl_cov_loss(logp: jax.Array,
   per_token = -adv * jnp.exp(d) + jnp.where(selected, kl_coef * abs_d, 0.0)
   loss = agg_lib.aggregate(per_token, m, aggregation, max_tokens=max_tokens,
                            normalizer=normalizer)
-  sel = selected.astype(jnp.float32)
-  metrics = _common_metrics(d, m, logp, old_logp, mask, clamp, cov, selected)
-  metrics.update({
-      "kl_cov_abs_log_ratio": jnp.sum(sel * jnp.abs(d)) / jnp.maximum(jnp.sum(sel), 1.0),
-      "masked_frac": jnp.zeros((), jnp.float32),
-  })
+  metrics = _metrics(d, m, logp, old_logp, mask, clamp, cov, selected,
+                     sums={"kl_cov_abs_log_ratio": jnp.where(selected, abs_d, 0.0)})
+  metrics["kl_cov_abs_log_ratio"] /= jnp.maximum(metrics["num_selected"], 1.0)
+  metrics["masked_frac"] = jnp.zeros((), jnp.float32)
   metrics = {k: jax.lax.stop_gradient(v) for k, v in metrics.items()}
   return types.LossOutput(loss, metrics)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from rljax._src import aggregation as agg_lib
+from rljax._src import group_reinforce
 from rljax._src import ratios
 from rljax._src import types
 from rljax._src import validation
@@ -133,26 +134,28 @@ def topr_loss(logp: jax.Array,
   loss = agg_lib.aggregate(per_token, m, aggregation, max_tokens=max_tokens,
                            normalizer=normalizer)
 
-  seq_d = ratios.log_ratio(logp, behavior_logp, mask, level="sequence-sum", clamp=clamp)
+  as_float = lambda x: x.astype(jnp.float32)
+  means, mins, maxs = group_reinforce.ratio_stat_terms(token_d, clamp)
+  means.update({
+      "weight_mean": w,
+      "negative_frac": as_float(negative),
+      "capped_frac": as_float(negative & (rho > neg_high)),
+      "masked_frac": as_float(w == 0.0),
+  })
+  if rewards.ndim == 2:
+    means.update({"_positive_mass": jnp.where(negative, 0.0, jnp.abs(adv)),
+                  "_mass": jnp.abs(adv)})
+  metrics = group_reinforce.masked_stats(m, means=means, mins=mins, maxs=maxs)
   nonempty = jnp.sum(m, axis=-1) > 0
-  abs_adv = jnp.abs(adv)
   if rewards.ndim == 1:  # per-sequence shares, as in the paper
     seq_adv = jax.lax.stop_gradient(rewards.astype(jnp.float32) - baseline)
     pos_mass = jnp.sum(jnp.where(nonempty & (seq_adv >= 0), jnp.abs(seq_adv), 0.0))
     all_mass = jnp.sum(jnp.where(nonempty, jnp.abs(seq_adv), 0.0))
   else:
-    pos_mass = jnp.sum(jnp.where(valid & ~negative, abs_adv * m, 0.0))
-    all_mass = jnp.sum(jnp.where(valid, abs_adv * m, 0.0))
-  as_float = lambda x: x.astype(jnp.float32)
-  metrics = ratios.ratio_metrics(token_d, m, clamp=clamp)
-  metrics.update({
-      "ess": ratios.effective_sample_size(seq_d, nonempty),
-      "weight_mean": agg_lib.masked_mean(w, m),
-      "negative_frac": agg_lib.masked_mean(as_float(negative), m),
-      "capped_frac": agg_lib.masked_mean(as_float(negative & (rho > neg_high)), m),
-      "masked_frac": agg_lib.masked_mean(as_float(w == 0.0), m),
-      "effective_positive_frac": jnp.where(all_mass > 0, pos_mass / jnp.maximum(all_mass, 1e-30),
-                                           0.0),
-  })
+    pos_mass, all_mass = metrics.pop("_positive_mass"), metrics.pop("_mass")
+  metrics["effective_positive_frac"] = jnp.where(
+      all_mass > 0, pos_mass / jnp.maximum(all_mass, 1e-30), 0.0)
+  seq_d = ratios.log_ratio(logp, behavior_logp, mask, level="sequence-sum", clamp=clamp)
+  metrics["ess"] = ratios.effective_sample_size(seq_d, nonempty)
   metrics = {k: jax.lax.stop_gradient(v) for k, v in metrics.items()}
   return types.LossOutput(loss, metrics)
