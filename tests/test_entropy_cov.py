@@ -7,7 +7,6 @@ global over the batch (same on 1 and 8 devices), deterministic given the key and
 the candidates, the paper's token counts, and KL-Cov's penalty is inert on-policy.
 """
 
-import doctest
 import functools
 import inspect
 
@@ -19,7 +18,6 @@ import numpy as np
 import pytest
 
 import rljax
-from rljax._src import entropy_cov
 
 
 def make_batch(seed, b=4, t=6, empty_row=True):
@@ -323,12 +321,8 @@ def test_vmap_matches_a_loop():
 
 
 def test_values_without_jit():
-  """The doctest's KL-Cov inputs (the eager op cache is shared with test_doctests)."""
+  """Without jit, on the docstring example (checked by hand here)."""
   logp = jnp.log(jnp.array([[0.5, 0.25, 0.25]]))
   old = jnp.log(jnp.array([[0.25, 0.25, 0.25]]))
   out = rljax.kl_cov_loss(logp, old, jnp.array([[1.0, -1.0, 0.0]]), jnp.ones((1, 3)))
   np.testing.assert_allclose(float(out.loss), (-2.0 + np.log(2.0) + 1.0) / 3, rtol=1e-6)
-
-
-def test_doctests():
-  assert doctest.testmod(entropy_cov, extraglobs={"rljax": rljax}).failed == 0

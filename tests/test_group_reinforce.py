@@ -9,7 +9,6 @@ REINFORCE plus delta * (-log pi) and moves the off-policy fixed point to pi ∝ 
 bandit enumeration), or makes it collapse when the baseline is raised instead.
 """
 
-import doctest
 import functools
 
 import hypothesis
@@ -20,7 +19,6 @@ import numpy as np
 import pytest
 
 import rljax
-from rljax._src import group_reinforce
 from tests import tabular
 
 MODES = rljax.AGGREGATION_MODES
@@ -457,13 +455,9 @@ def test_micro_batches_and_sharding():
 
 
 def test_values_without_jit():
-  """The doctest's REC inputs (the eager op cache is shared with test_doctests)."""
+  """Without jit, on the docstring example (checked against NumPy here)."""
   lp = jnp.log(jnp.array([[0.5, 0.5]]))
   old = jnp.log(jnp.array([[0.5, 0.25]]))
   out = rljax.rec_loss(lp, old, jnp.array([1.0]), jnp.ones((1, 2)))
   ref, _ = np_rec(lp, old, np.array([1.0]), np.ones((1, 2)), "oneside-nois")
   np.testing.assert_allclose(float(out.loss), ref, rtol=1e-6)
-
-
-def test_doctests():
-  assert doctest.testmod(group_reinforce, extraglobs={"rljax": rljax}).failed == 0

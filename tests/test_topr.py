@@ -5,7 +5,6 @@ Values and gradients against an independent float64 NumPy implementation; the pa
 positive fraction) against exact enumeration on the tabular policy of tests/tabular.py.
 """
 
-import doctest
 import functools
 
 import hypothesis
@@ -16,7 +15,6 @@ import numpy as np
 import pytest
 
 import rljax
-from rljax._src import topr
 from tests import tabular
 
 MODES = rljax.AGGREGATION_MODES
@@ -129,7 +127,7 @@ def test_values_and_gradients_match_numpy(name):
 
 
 def test_values_without_jit():
-  """The doctest's inputs (so the eager op cache is shared with test_doctests)."""
+  """Without jit, on the docstring example (checked against NumPy here)."""
   logp = np.log(np.array([[0.5, 0.5], [0.5, 0.5]], np.float32))
   blogp = np.log(np.array([[0.5, 0.5], [1.0, 1.0]], np.float32))
   rewards, mask = np.array([1.0, -1.0], np.float32), np.ones((2, 2), np.float32)
@@ -384,7 +382,3 @@ def test_sharded_batch_gives_the_same_value_and_gradient():
     np.testing.assert_allclose(float(eight[mode][0]), float(one[mode][0]), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(np.asarray(eight[mode][1]), np.asarray(one[mode][1]), rtol=1e-6,
                                atol=1e-8)
-
-
-def test_doctests():
-  assert doctest.testmod(topr, extraglobs={"rljax": rljax}).failed == 0

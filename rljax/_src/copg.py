@@ -41,16 +41,17 @@ def copg_loss(logp: jax.Array,
   Every pair term vanishes iff :math:`R(y) - \beta\log(\pi(y)/\pi_{ref}(y))` is constant, i.e. at
   the KL-regularised optimum :math:`\pi^* \propto \pi_{ref}\exp(R/\beta)`, whatever the sampling
   policy (so no importance sampling is needed); on-policy its expected gradient is the exact
-  gradient of :math:`-(\mathbb{E}_\pi[R] - \beta\,\mathrm{KL}(\pi\|\pi_{ref}))` (RLOO with the KL in the
-  reward). rljax computes the squared form, whose value is meaningful (0 at the optimum) and whose
-  gradient equals the stop-gradient product form; the product form differentiated *through*
-  :math:`R^\pi_\beta` would converge to the wrong policy :math:`\propto\pi_{ref}^{1/2}e^{R/2\beta}`.
+  gradient of :math:`-(\mathbb{E}_\pi[R] - \beta\,\mathrm{KL}(\pi\|\pi_{ref}))` (RLOO with the KL
+  in the reward). rljax computes the squared form, whose value is meaningful (0 at the optimum)
+  and whose gradient equals the stop-gradient product form's; the product form differentiated
+  *through* :math:`R^\pi_\beta` would converge to the wrong policy
+  :math:`\propto\pi_{ref}^{1/2}e^{R/2\beta}`.
 
   The loss is the mean over all :math:`G(G-1)/2` unordered pairs of each group, then the mean over
   groups; in closed form, per group, :math:`\frac{1}{2\beta(G-1)}\sum_i (R^\pi_{\beta,i} -
   \overline{R^\pi_\beta})^2`. Cohere's Command A report writes :math:`\frac{1}{k-1}\sum_{i>j}
-  (\Delta R^\pi_\beta)^2`, which is :math:`2\beta G` times this. CoPG is sequence-level by definition,
-  so there is no ``aggregation`` argument; a row whose mask is empty counts as the empty
+  (\Delta R^\pi_\beta)^2`, which is :math:`2\beta G` times this. CoPG is sequence-level by
+  definition, so there is no ``aggregation`` argument; a row whose mask is empty counts as the empty
   completion (log-prob 0). No log-ratio clamp is applied: any clamp would move the optimum.
   None of verl, TRL, Trinity-RFT or tunix implements CoPG.
 

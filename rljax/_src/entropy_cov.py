@@ -7,7 +7,8 @@ entropy change of one update is :math:`\Delta H \approx -\mathrm{Cov}_{a\sim\pi}
 likely and advantageous drive the entropy down. In a batch of N valid tokens the paper scores each
 token by the centred product
 
-.. math:: \mathrm{Cov}_i = \big(\log\pi_\theta(y_i) - \overline{\log\pi_\theta}\big)\big(A_i - \bar A\big)
+.. math::
+   \mathrm{Cov}_i = \big(\log\pi_\theta(y_i) - \overline{\log\pi_\theta}\big)\big(A_i - \bar A\big)
 
 (means over the valid tokens; a per-token term, not a covariance over the vocabulary) and
 restrains a small fraction of the highest-scoring tokens. rljax computes the statistics and the
@@ -55,7 +56,7 @@ def _top_k_mask(scores: jax.Array, eligible: jax.Array, k: jax.Array, k_max: int
 
 
 def token_covariance(logp: jax.Array, advantages: jax.Array, mask: jax.Array) -> jax.Array:
-  r"""Per-token centred product :math:`(\log\pi_i - \overline{\log\pi})(A_i - \bar A)` over valid tokens.
+  r"""Per-token centred product :math:`(\log\pi_i - \overline{\log\pi})(A_i - \bar A)`.
 
   Args:
     logp: [B, T] log-probs under the current policy (treated as data here).
@@ -67,7 +68,8 @@ def token_covariance(logp: jax.Array, advantages: jax.Array, mask: jax.Array) ->
 
   Example:
     >>> import jax.numpy as jnp, rljax
-    >>> c = rljax.token_covariance(jnp.array([[-1., -3.]]), jnp.array([[1., -1.]]), jnp.ones((1, 2)))
+    >>> c = rljax.token_covariance(jnp.array([[-1., -3.]]), jnp.array([[1., -1.]]),
+    ...                            jnp.ones((1, 2)))
     >>> [float(x) for x in c[0]]
     [1.0, 1.0]
   """

@@ -5,8 +5,8 @@ Off-Policy Algorithm: Demystifying Some Myths About GRPO and Its Friends", arXiv
 (ICLR 2026); code in Trinity-RFT ``examples/rec_gsm8k``. For one prompt, the KL-regularised step
 :math:`\max_\pi \mathbb{E}_\pi[r] - \tau\mathrm{KL}(\pi\|\pi_{\theta_t})` has the optimum
 :math:`\pi^*\propto\pi_{\theta_t}e^{r/\tau}`, so every pair of responses satisfies
-:math:`a_i = a_j` with :math:`a_i = r_i - \tau\log(\pi(y_i)/\pi_{\theta_t}(y_i))`. One gradient step on
-:math:`\frac{1}{K^2}\sum_{i<j}(a_i-a_j)^2` at :math:`\theta=\theta_t` is :math:`2\tau` times the
+:math:`a_i = a_j` with :math:`a_i = r_i - \tau\log(\pi(y_i)/\pi_{\theta_t}(y_i))`. One gradient step
+on :math:`\frac{1}{K^2}\sum_{i<j}(a_i-a_j)^2` at :math:`\theta=\theta_t` is :math:`2\tau` times the
 group-relative REINFORCE gradient :math:`-\frac1K\sum_i (r_i-\bar r)\nabla\log\pi(y_i)`, whatever
 distribution the :math:`y_i` came from. The paper draws two principles from this: *regularise*
 the update (REC clipping masks; the OPMD and AsymRE regularisers) and *shape* the data.
@@ -106,8 +106,9 @@ def opmd_advantages(rewards: jax.Array,
 
   Kimi Team, "Kimi k1.5: Scaling Reinforcement Learning with LLMs", arXiv 2501.12599, online
   policy mirror descent: the optimum of the KL-regularised step has the baseline
-  :math:`\tau\log Z = \tau\log\mathbb{E}_{y\sim\pi_{\theta_t}}[e^{r/\tau}]`; ``baseline='logavgexp'``
-  estimates it from the group, :math:`b = \tau(\mathrm{logsumexp}_j(r_j/\tau) - \log G)` (Trinity-RFT's
+  :math:`\tau\log Z = \tau\log\mathbb{E}_{y\sim\pi_{\theta_t}}[e^{r/\tau}]`;
+  ``baseline='logavgexp'`` estimates it from the group,
+  :math:`b = \tau(\mathrm{logsumexp}_j(r_j/\tau) - \log G)` (Trinity-RFT's
   ``opmd_baseline='logavgexp'``); ``baseline='mean'`` is Kimi's approximation :math:`b = \bar r`
   (the default in Kimi and Trinity-RFT). A group whose rewards are all equal (and a group of one)
   gets exactly 0. τ defaults to Trinity-RFT's 1.0.
@@ -247,9 +248,9 @@ def opmd_loss(logp: jax.Array,
 
   * ``level='sequence'`` (the paper and Kimi): the squared *sequence* log-ratio
     :math:`D_i = \sum_t m_t(\log\pi_\theta - \log\pi_{old})`. The term is spread over the valid
-    tokens of the row (each gets :math:`\frac\tau2 D_i^2 / \sum_t m_t`), exactly as the REINFORCE term
-    :math:`-A_i\log\pi(y_i)` is a sum over tokens, so every aggregation mode treats both alike;
-    the default ``seq-mean-token-sum`` is the formula above.
+    tokens of the row (each gets :math:`\frac\tau2 D_i^2 / \sum_t m_t`), exactly as the REINFORCE
+    term :math:`-A_i\log\pi(y_i)` is a sum over tokens, so every aggregation mode treats both
+    alike; the default ``seq-mean-token-sum`` is the formula above.
   * ``level='token'``: :math:`\frac\tau2\sum_t m_t d_t^2` per token. Trinity-RFT's REC
     ``regularizer='k2'`` (coef 0.1, the paper's experiments) is ``level='token', tau=0.2,
     aggregation='token-mean'``.
@@ -331,20 +332,22 @@ def rec_loss(logp: jax.Array,
              normalizer: Optional[jax.Array] = None) -> types.LossOutput:
   r"""REC, REINFORCE with clipping: tokens outside a trust region are *masked*, not clipped.
 
-  Yao et al., arXiv 2509.24203. With the token ratio :math:`\rho_t = \mathrm{sg}(\pi_\theta/\pi_{old})`
-  (log-ratio clamped to ±`clamp`),
+  Yao et al., arXiv 2509.24203. With the token ratio
+  :math:`\rho_t = \mathrm{sg}(\pi_\theta/\pi_{old})` (log-ratio clamped to ±`clamp`),
 
-  .. math:: \ell_t = -\,M_t\,w_t\,A_t\log\pi_\theta(y_t),\qquad w_t = \rho_t\ (\text{-is})\ \text{or}\ 1\
-     (\text{-nois}),
+  .. math::
+     \ell_t = -\,M_t\,w_t\,A_t\log\pi_\theta(y_t),\qquad
+     w_t = \rho_t\ (\text{-is})\ \text{or}\ 1\ (\text{-nois}),
 
   and the mask :math:`M_t` of the clip mode (ε = `epsilon_low/high`, ε' = `ring_epsilon_low/high`):
 
   * ``none``: 1 (``none-nois`` is plain REINFORCE, ``none-is`` unclipped IS-REINFORCE);
-  * ``oneside``: :math:`[A\ge0,\ \rho\le1+\varepsilon_h] \lor [A\le0,\ \rho\ge1-\varepsilon_l]`, the region
-    where PPO-clip has a gradient, so ``oneside-is`` has exactly PPO-clip's gradient (its loss value
-    differs);
+  * ``oneside``: :math:`[A\ge0,\ \rho\le1+\varepsilon_h] \lor [A\le0,\ \rho\ge1-\varepsilon_l]`,
+    the region where PPO-clip has a gradient, so ``oneside-is`` has exactly PPO-clip's gradient
+    (its loss value differs);
   * ``twoside``: :math:`1-\varepsilon_l\le\rho\le1+\varepsilon_h`;
-  * ``ring``: ``twoside``, or :math:`[A\ge0,\ \rho\le1-\varepsilon'_l]`, or :math:`[A\le0,\ \rho\ge1+\varepsilon'_h]`:
+  * ``ring``: ``twoside``, or :math:`[A\ge0,\ \rho\le1-\varepsilon'_l]`, or
+    :math:`[A\le0,\ \rho\ge1+\varepsilon'_h]`:
     tokens that moved far in the *wrong* direction get their gradient back.
 
   Masked tokens keep their place in the denominator of the aggregation (as in Trinity-RFT). Paper
