@@ -143,24 +143,33 @@ def _decode_one(cfg, w, tok, pos, slot, key_valid, caches):
 # ------------------------------------------------------------------------------ sampling
 
 
-def _choose(logits, key, temperature, top_k, top_p, min_p):
-  """Samples one token per row; returns (token int32[B], behavior_logp, untruncated_logp)."""
+def _choose(logits, noise, temperature, top_k, top_p, min_p):
+  """Samples one token per row by Gumbel-max: argmax(filtered logits + Gumbel noise).
+
+  Args:
+    logits: float32 `[B, V]` raw logits.
+    noise: float32 `[B, V]` standard Gumbel noise (unused when greedy).
+
+  Returns:
+    `(token int32[B], behavior_logp f32[B], untruncated_logp f32[B])`.
+  """
   if temperature == 0.0:
     tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logp_all = jax.nn.log_softmax(logits, axis=-1)
-    ulogp = jnp.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
+    ulogp = _gather(logits, tok) - jax.nn.logsumexp(logits, axis=-1)
     return tok, jnp.zeros_like(ulogp), ulogp
   scaled = logits / jnp.float32(temperature)
-  logp_all = jax.nn.log_softmax(scaled, axis=-1)
   truncated = top_k is not None or top_p is not None or min_p is not None
   filtered = filter_logits(scaled, top_k=top_k, top_p=top_p, min_p=min_p) if truncated else scaled
-  tok = jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
-  ulogp = jnp.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
+  tok = jnp.argmax(filtered + noise, axis=-1).astype(jnp.int32)
+  ulogp = _gather(scaled, tok) - jax.nn.logsumexp(scaled, axis=-1)
   if not truncated:
     return tok, ulogp, ulogp
-  blogp_all = jax.nn.log_softmax(filtered, axis=-1)
-  blogp = jnp.take_along_axis(blogp_all, tok[:, None], axis=-1)[:, 0]
+  blogp = _gather(filtered, tok) - jax.nn.logsumexp(filtered, axis=-1)
   return tok, blogp, ulogp
+
+
+def _gather(x, idx):
+  return jnp.take_along_axis(x, idx[:, None], axis=-1)[:, 0]
 
 
 def _segments(num_steps: int, segment_size: Optional[int]):
@@ -207,9 +216,18 @@ def sample_fn(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array
   key_valid = jnp.concatenate([prompt_mask.astype(jnp.bool_),
                                jnp.ones((b, max(n - 1, 0)), jnp.bool_)], axis=1)
 
-  def record(t, logits, out):
+  greedy = temperature == 0.0
+  vocab = cfg.vocab_size
+
+  def noise_for(t):
+    """Standard Gumbel noise [B, V] for step t, drawn with key fold_in(key, t)."""
+    if greedy:
+      return None
+    return jax.random.gumbel(jax.random.fold_in(key, t), (b, vocab), jnp.float32)
+
+  def record(t, logits, noise, out):
     tokens_out, cmask, blogp, ulogp, stopped = out
-    tok, bl, ul = choose(logits, jax.random.fold_in(key, t))
+    tok, bl, ul = choose(logits, noise)
     live = ~stopped
     tok = jnp.where(live, tok, pad_id)
     col = lambda a, v: jax.lax.dynamic_update_slice_in_dim(a, v[:, None], t, axis=1)
@@ -224,7 +242,7 @@ def sample_fn(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array
   out = (jnp.full((b, n), pad_id, jnp.int32), jnp.zeros((b, n), jnp.int32),
          jnp.zeros((b, n), jnp.float32), jnp.zeros((b, n), jnp.float32),
          jnp.zeros((b,), jnp.bool_))
-  tok, out = record(0, logits, out)
+  tok, out = record(0, logits, noise_for(0), out)
 
   for i, (t0, t1) in enumerate(segments):
     cache_len = p + t1 - 1
@@ -240,7 +258,7 @@ def sample_fn(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array
       t, tok, caches, out = carry
       slot = p + t - 1
       logits, caches = _decode_one(cfg, w, tok, num_prompt + t - 1, slot, key_valid, caches)
-      tok, out = record(t, logits, out)
+      tok, out = record(t, logits, noise_for(t), out)
       return t + 1, tok, caches, out
 
     _, tok, caches, out = jax.lax.while_loop(cond, body, (jnp.int32(t0), tok, caches, out))
