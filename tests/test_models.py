@@ -172,6 +172,8 @@ def test_config_errors():
     SMALL.replace(param_dtype="int8")
   with pytest.raises(ValueError, match="model_type"):
     TransformerConfig.from_hf_config({"model_type": "gpt2"})
+  with pytest.raises(ValueError, match="hidden_act"):
+    TransformerConfig.from_hf_config({"model_type": "llama", "hidden_act": "gelu"})
 
 
 def test_llama3_rope_scaling_matches_formula():

@@ -183,7 +183,8 @@ class TransformerConfig:
 
     Raises:
       ValueError: for model types other than llama/qwen2/mistral, or unsupported features
-        (sliding-window attention, rope scaling other than linear/llama3).
+        (activations other than SiLU, sliding-window attention, rope scaling other than
+        linear/llama3).
     """
     if not isinstance(config, Mapping):
       path = os.fspath(config)
@@ -197,6 +198,8 @@ class TransformerConfig:
       raise ValueError(
           "from_hf_config supports model_type in ['llama', 'mistral', 'qwen2'], got "
           f"{model_type!r}.")
+    if c.get("hidden_act", "silu") not in ("silu", "swish"):
+      raise ValueError(f"hidden_act must be 'silu' (SwiGLU MLP), got {c.get('hidden_act')!r}.")
     if c.get("use_sliding_window", False) or (
         model_type == "mistral" and c.get("sliding_window")):
       raise ValueError("Sliding-window attention is not supported (use_sliding_window).")
