@@ -119,6 +119,11 @@ def _prefill(cfg, w, tokens, prompt_mask, cache_len):
   return linear(h, w["out"], preferred_element_type=jnp.float32), caches
 
 
+def _grow(cache, length):
+  """Zero-pads a `[B, K, S, Dh]` cache along S to `length`."""
+  return jnp.pad(cache, ((0, 0), (0, 0), (0, length - cache.shape[2]), (0, 0)))
+
+
 def _decode_one(cfg, w, tok, pos, slot, key_valid, caches):
   """Feeds tokens `[B]` at cache `slot` / positions `[B]`; returns (logits [B, V], caches)."""
   cache_len = caches[0][0].shape[2]
@@ -251,8 +256,7 @@ def sample_fn(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array
   for i, (t0, t1) in enumerate(segments):
     cache_len = p + t1 - 1
     if i > 0:
-      grow = ((0, 0), (0, 0), (0, cache_len - caches[0][0].shape[2]), (0, 0))
-      caches = [(jnp.pad(k, grow), jnp.pad(v, grow)) for k, v in caches]
+      caches = [(_grow(k, cache_len), _grow(v, cache_len)) for k, v in caches]
 
     def cond(carry, t1=t1):
       t, _, _, out = carry
