@@ -25,12 +25,15 @@ class Rollout:
     behavior_logp: float32 `[B, L]`, log-prob of each sampled token under the distribution it was
       actually drawn from (after temperature and top-k/top-p/min-p truncation); 0 elsewhere. With
       greedy decoding (temperature 0) this is 0 (the argmax has probability 1). This is the
-      behaviour policy mu of the off-policy corrections (TIS/MIS, TOPR).
+      behaviour policy mu: pass it as `behavior_logp` to the off-policy corrections (TIS/MIS,
+      TOPR) and as `old_logp` when the proximal anchor is the sampler (`rljax.train`'s
+      `old_logp='behavior'`).
     untruncated_logp: float32 `[B, L]`, log-prob of each sampled token after temperature but
       before truncation (with greedy decoding: at temperature 1); 0 elsewhere. It equals
-      `rljax.models.score(..., temperature=T)` within float32 rounding, so it is the `old_logp`
-      for which a zero-step update has importance ratio exactly 1; the estimators' `old_logp` /
-      `behavior_logp` arguments take this one unless the user wants the truncation corrected.
+      `rljax.models.score(..., temperature=T)` at the sampling parameters within float32
+      rounding (1e-5), so the importance ratio of a zero-step update against it is 1; without
+      truncation it equals `behavior_logp`. `rljax.train` reports |trainer logp - this| as the
+      sampler/trainer mismatch.
     lengths: int32 `[B]`, number of generated tokens (completion_mask.sum(-1)).
     stopped: bool `[B]`, True where the completion ended with a stop token.
   """
