@@ -72,14 +72,6 @@ def test_values_and_gradients_match_all_pairs_numpy(beta, group_size):
   np.testing.assert_allclose(np.asarray(grad), ref_grad, rtol=1e-5, atol=1e-7)
 
 
-def test_values_without_jit():
-  """Without jit, on the docstring example (checked against NumPy here)."""
-  logp = jnp.log(jnp.array([[0.5], [0.25]]))
-  out = rljax.copg_loss(logp, logp, jnp.array([1.0, 0.0]), jnp.ones((2, 1)), 2, beta=0.5)
-  ref_loss, _ = np_copg(logp, logp, [1.0, 0.0], np.ones((2, 1)), 2, 0.5)
-  np.testing.assert_allclose(float(out.loss), ref_loss, rtol=1e-6)
-
-
 def test_metrics():
   logp, ref, rewards, mask = make_batch(1)
   (_, mt), _ = loss_and_grad(logp, ref, rewards, mask, 2, 0.5)

@@ -318,11 +318,3 @@ def test_vmap_matches_a_loop():
   for i, b in enumerate(batches):
     np.testing.assert_allclose(float(clip_v[i]), float(clip_cov(*b, keys[i])[0]), rtol=1e-6)
     np.testing.assert_allclose(float(kl_v[i]), float(kl_cov(*b, 1.0)[0]), rtol=1e-6)
-
-
-def test_values_without_jit():
-  """Without jit, on the docstring example (checked by hand here)."""
-  logp = jnp.log(jnp.array([[0.5, 0.25, 0.25]]))
-  old = jnp.log(jnp.array([[0.25, 0.25, 0.25]]))
-  out = rljax.kl_cov_loss(logp, old, jnp.array([[1.0, -1.0, 0.0]]), jnp.ones((1, 3)))
-  np.testing.assert_allclose(float(out.loss), (-2.0 + np.log(2.0) + 1.0) / 3, rtol=1e-6)

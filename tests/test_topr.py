@@ -126,16 +126,6 @@ def test_values_and_gradients_match_numpy(name):
   np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-7)
 
 
-def test_values_without_jit():
-  """Without jit, on the docstring example (checked against NumPy here)."""
-  logp = np.log(np.array([[0.5, 0.5], [0.5, 0.5]], np.float32))
-  blogp = np.log(np.array([[0.5, 0.5], [1.0, 1.0]], np.float32))
-  rewards, mask = np.array([1.0, -1.0], np.float32), np.ones((2, 2), np.float32)
-  eager = rljax.topr_loss(jnp.asarray(logp), blogp, rewards, mask)
-  ref_loss, _ = np_topr(logp, blogp, rewards, mask, "seq-mean-token-mean")
-  np.testing.assert_allclose(float(eager.loss), ref_loss, rtol=1e-6)
-
-
 @jax.jit
 def trinity_and_naive(logp, blogp, rewards, adv, mask):
   trinity = rljax.topr_loss(logp, blogp, adv, mask, level="token", aggregation="token-mean",
