@@ -13,21 +13,33 @@ For each batch size it prints tokens/s (new tokens only, B * max_new_tokens / se
 
 Every figure comes from this run; compare ratios, not absolute numbers across machines. No
 figure is asserted: this is a measurement script.
+
+On a machine shared with other jobs, wall-clock ratios mislead (PyTorch's OpenMP threads
+degrade far more than XLA's under oversubscription). `--single_thread` runs both frameworks on
+one thread (XLA and PyTorch) and times process CPU seconds instead of wall seconds, a proxy
+that other processes disturb much less; its figures are tokens per CPU-second.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
+if "--single_thread" in sys.argv:  # must precede the first `import jax`
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+                             "false intra_op_parallelism_threads=1").strip()
+_clock = time.process_time if "--single_thread" in sys.argv else time.perf_counter
 
-from rljax.models import Transformer, TransformerConfig
-from rljax.sampling import sampler as sampler_lib
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flax import nnx  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from rljax.models import Transformer, TransformerConfig  # pylint: disable=wrong-import-position
+from rljax.sampling import sampler as sampler_lib  # pylint: disable=wrong-import-position
 
 
 def _config(name: str, dtype: str) -> TransformerConfig:
@@ -46,18 +58,18 @@ def matmul_flops_per_s(size: int, dtype, repeats: int = 10) -> float:
   f(a, b).block_until_ready()
   best = float("inf")
   for _ in range(repeats):
-    t0 = time.perf_counter()
+    t0 = _clock()
     f(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
+    best = min(best, _clock() - t0)
   return 2.0 * size ** 3 / best
 
 
 def _median_time(fn, repeats: int) -> float:
   times = []
   for _ in range(repeats):
-    t0 = time.perf_counter()
+    t0 = _clock()
     fn()
-    times.append(time.perf_counter() - t0)
+    times.append(_clock() - t0)
   return statistics.median(times)
 
 
@@ -159,6 +171,8 @@ def main():
   parser.add_argument("--matmul_size", type=int, default=None,
                       help="side of the peak-throughput matmul (default 2048 on CPU, 8192 else)")
   parser.add_argument("--torch_threads", type=int, default=2)
+  parser.add_argument("--single_thread", action="store_true",
+                      help="one thread for XLA and PyTorch, timed in process CPU seconds")
   parser.add_argument("--segment_size", type=int, default=None)
   parser.add_argument("--skip_hf", action="store_true")
   parser.add_argument("--skip_naive", action="store_true")
@@ -174,6 +188,8 @@ def main():
   print(f"device: {jax.devices()[0].device_kind} ({backend}); config {args.config} "
         f"({cfg.num_params / 1e6:.2f}M params, {dtype}); prompt {args.prompt_len}, "
         f"{args.new_tokens} new tokens, temperature 1")
+  if args.single_thread:
+    print("single thread, timed in process CPU seconds (figures are per CPU-second)")
   print(f"matmul {size}x{size} {dtype}: {flops / 1e9:,.0f} GFLOP/s")
   model = Transformer(cfg, rngs=nnx.Rngs(0))
   bound = flops / (2.0 * cfg.num_params)
@@ -186,7 +202,7 @@ def main():
   elif not args.skip_hf:
     try:
       import torch  # pylint: disable=g-import-not-at-top
-      torch.set_num_threads(args.torch_threads)
+      torch.set_num_threads(1 if args.single_thread else args.torch_threads)
       hf = hf_model_from(model, cfg)
     except ImportError as e:
       print(f"Hugging Face comparison skipped: {e}")
