@@ -63,6 +63,8 @@ class Config:
   sft_num_demos: int = _f(20000, 'Distinct demonstrations in the warm-start set.', lo=1)
   rl_levels: str = _f('', 'Task levels of the RL prompt pool, as --sft_levels (empty: all).')
   rl_pool_size: int = _f(20000, 'Training prompts in the RL pool (the curriculum arms).', lo=1)
+  rl_pool_disjoint: bool = _f(True, 'Keep the warm-start demonstrations\' prompts out of the RL '
+                              'pool (RL then trains on problems without demonstrations).')
   eval_levels: str = _f('', 'Task levels of the held-out set, as --sft_levels (empty: all).')
   eval_num: int = _f(256, 'Held-out prompts per evaluation.', lo=1)
 
@@ -79,6 +81,9 @@ class Config:
   init_from_hf: str = _f('', 'Directory of a Hugging Face checkpoint (config.json + safetensors) '
                          'to start from instead of a fresh model.')
   hf_tokenizer: bool = _f(False, 'With --init_from_hf: use the checkpoint\'s tokenizer.json.')
+  init_from_workdir: str = _f('', 'Workdir of an earlier run (same task and model flags) whose '
+                              'final parameters and tokenizer this run starts from; with '
+                              '--sft_steps=0 this is RL from that run\'s warm start.')
 
   # --- supervised warm start
   sft_steps: int = _f(300, 'Supervised warm-start steps (0: none).', lo=0)
@@ -299,6 +304,8 @@ class Config:
         est_lib.check_available(self.estimator)
       except ValueError as e:
         raise ValueError(f'--estimator={self.estimator!r}: {e}') from None
+    if self.init_from_hf and self.init_from_workdir:
+      raise ValueError('--init_from_hf and --init_from_workdir are exclusive')
     if self.sft_steps == 0 and self.rl_steps == 0:
       raise ValueError('--sft_steps and --rl_steps are both 0: nothing to do')
     return self

@@ -38,7 +38,7 @@ def main(argv):
     sys.stderr.write(f'FATAL Flags parsing error: {e}\n'
                      'Pass --helpshort or --helpfull to see help on flags.\n')
     sys.exit(2)
-  if not FLAGS.is_parsed() or FLAGS['verbosity'].using_default_value:
+  if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO.
   # Imported after validation so that a bad flag fails before JAX starts.
   from experiments import train  # pylint: disable=g-import-not-at-top

@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import resource
 import time
 from typing import Any, Optional, Sequence
 
@@ -92,6 +93,8 @@ def build_tokenizer(config: Config, texts: Sequence[str], workdir: str):
   if config.init_from_hf and config.hf_tokenizer:
     from rljax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
     return tok_lib.HFTokenizer.load(os.path.join(config.init_from_hf, 'tokenizer.json'))
+  if config.init_from_workdir:
+    return Tokenizer.load(os.path.join(config.init_from_workdir, 'tokenizer.model'))
   if config.tokenizer.endswith('.model'):
     return Tokenizer.load(config.tokenizer)
   prefix = os.path.join(workdir, 'tokenizer')
@@ -178,6 +181,10 @@ def pass_at_k(n: int, c: np.ndarray, k: int) -> np.ndarray:
   return out
 
 
+def _strip_value(name: str) -> str:
+  return name[:-len('/value')] if name.endswith('/value') else name
+
+
 def _key_data(key):
   return np.asarray(jax.random.key_data(key))
 
@@ -219,11 +226,29 @@ def _build_data(config: Config, workdir: str) -> _Data:
       out.extend(task.examples(split, k, level=lvl))
     return out
 
-  sft_examples = examples('train', config.sft_num_demos, 'sft') if config.sft_steps else []
-  pool = examples('train', config.rl_pool_size, 'rl') if config.rl_steps else []
-  evals = examples('test', config.eval_num, 'eval')
-  texts = [e.prompt + e.demonstration for e in sft_examples + evals] + [e.prompt for e in pool]
-  texts += [e.prompt + e.answer for e in pool[:2000]]
+  def checked(flag, split, num, which):
+    try:
+      return examples(split, num, which)
+    except ValueError as e:
+      raise ValueError(f'{flag} (with --{which}_levels={getattr(config, which + "_levels")!r}) '
+                       f'asks for more examples than the task has: {e}') from None
+
+  sft_examples = checked('--sft_num_demos', 'train', config.sft_num_demos, 'sft') \
+      if config.sft_steps else []
+  pool = []
+  if config.rl_steps:
+    if config.rl_pool_disjoint and sft_examples:
+      # Draw extra and drop the demonstrated prompts: RL sees problems the warm start did not.
+      seen = {e.prompt for e in sft_examples}
+      extra = checked('--rl_pool_size', 'train', config.rl_pool_size + len(seen), 'rl')
+      pool = [e for e in extra if e.prompt not in seen][:config.rl_pool_size]
+    else:
+      pool = checked('--rl_pool_size', 'train', config.rl_pool_size, 'rl')
+  evals = checked('--eval_num', 'test', config.eval_num, 'eval')
+  # The tokenizer's corpus depends on the task only (not on which examples this run uses), so
+  # runs that differ in RL flags share the same token ids and hence the same warm start.
+  corpus = task.examples('train', 2000, unique=False) + task.examples('test', 200, unique=False)
+  texts = [e.prompt + e.demonstration for e in corpus] + [e.prompt + e.answer for e in corpus]
   tok = build_tokenizer(config, texts, workdir)
   all_prompts = [e.prompt for e in sft_examples + pool + evals]
   prompt_width = max(len(_encode_prompt(tok, p)) for p in all_prompts)
@@ -270,10 +295,17 @@ class Harness:
       state = jax.jit(lambda: nnx.state(Transformer(mcfg, rngs=nnx.Rngs(c.seed))))()
       model = nnx.merge(graphdef, state)
     self.model_config = model.config
+    if self.tok.vocab_size > model.config.vocab_size:
+      raise ValueError(f'the tokenizer has {self.tok.vocab_size} ids but the policy only '
+                       f'{model.config.vocab_size} (with --init_from_hf, pass --hf_tokenizer)')
+    if self.tok.eos_id is None:
+      raise ValueError('the tokenizer has no end-of-sequence token, which ends completions')
     graphdef, params = nnx.split(model)
     self.graphdef = graphdef
     self.param_shardings = mesh_lib.param_shardings(params, self.mesh)
     self.init_params = jax.device_put(params, self.param_shardings)
+    if c.init_from_workdir:
+      self.init_params = self._params_from_workdir(c.init_from_workdir)
 
     # Optimizers and steps.
     self.sft_tx = ts_lib.make_optimizer(ts_lib.OptimizerConfig(
@@ -389,12 +421,30 @@ class Harness:
     }
     return out
 
+  def _params_from_workdir(self, workdir: str):
+    """The parameters of the latest checkpoint of another run (`--init_from_workdir`)."""
+    source = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
+    restored = source.restore(None)
+    if restored is None:
+      raise ValueError(f'--init_from_workdir={workdir!r} has no checkpoint')
+    saved = {_strip_value(mesh_lib._path_str(p)): x  # pylint: disable=protected-access
+             for p, x in jax.tree_util.tree_leaves_with_path(restored[1]['train']['params'])}
+
+    def take(path, x):
+      name = _strip_value(mesh_lib._path_str(path))  # pylint: disable=protected-access
+      if name not in saved or saved[name].shape != x.shape:
+        raise ValueError(f'--init_from_workdir={workdir!r}: parameter {name} '
+                         f'{x.shape} is missing or has another shape there (same model flags?)')
+      return jnp.asarray(saved[name], x.dtype)
+
+    params = jax.tree_util.tree_map_with_path(take, self.init_params)
+    return jax.device_put(params, self.param_shardings)
+
   # -------------------------------------------------------------------- state templates
 
   def _state_template(self, meta: dict[str, Any]):
-    phase = meta.get('phase', 'sft')
     params = self.init_params
-    if phase == 'sft':
+    if meta.get('layout', 'sft') == 'sft':
       train = ts_lib.init_train_state(params, self.sft_tx, self.mesh)
       return {'train': train, 'rng': _key_data(self.base_key)}
     train = ts_lib.init_train_state(params, self.rl_tx, self.mesh)
@@ -420,6 +470,8 @@ class Harness:
       phase = summary_meta.get('phase', 'sft')
       resume_step = step
       logger.info('resumed from step %d (%s)', step, phase)
+    # No warm start in this run: evaluate the initial policy as "before".
+    need_before = restored is None and phase == 'rl'
     if not np.array_equal(np.asarray(state['rng']), _key_data(self.base_key)):
       raise ValueError('the checkpoint in this workdir was written with another --seed')
 
@@ -435,31 +487,36 @@ class Harness:
     evals: dict[str, Any] = dict(summary_meta.get('evals', {}))
 
     def save(step, state, phase):
-      meta = {'phase': phase, 'step': int(step), 'evals': evals,
+      writer.flush()  # Records up to this step are on disk before the checkpoint is.
+      meta = {'phase': phase, 'layout': 'rl' if 'ref_params' in state else 'sft',
+              'step': int(step), 'evals': evals,
               'wall_time': wall_before + time.perf_counter() - t_start,
               'data_position': int(step)}
       self.checkpointer.save(step, state, meta)
 
     with jax.set_mesh(self.mesh):
       # ---------------- warm start
+      t_log, step_log, sft_tokens = time.perf_counter(), step, 0
       while phase == 'sft' and step < c.sft_steps:
         idx = epoch_batch_indices(d.sft_tokens.shape[0], c.sft_batch_size, step, c.seed)
         batch = mesh_lib.shard_batch(
             (d.sft_tokens[idx], d.sft_input_mask[idx], d.sft_target[idx]), self.mesh)
-        t0 = time.perf_counter()
         train, m = self.sft_step(state['train'], *batch)
         state = dict(state, train=train)
         step += 1
+        sft_tokens += int(np.sum(d.sft_input_mask[idx]))
         if step % c.log_every == 0 or step == c.sft_steps:
-          m = jax.device_get(m)
-          dt = time.perf_counter() - t0
-          m['sft/step_time'] = dt
-          m['sft/tokens_per_sec'] = float(np.sum(d.sft_input_mask[idx])) / max(dt, 1e-9)
+          m = jax.device_get(m)  # Waits for the queued steps: time per step is an average.
+          dt = time.perf_counter() - t_log
+          m['sft/step_time'] = dt / max(step - step_log, 1)
+          m['sft/tokens_per_sec'] = sft_tokens / max(dt, 1e-9)
           writer.write_scalars(step, m)
+          t_log, step_log, sft_tokens = time.perf_counter(), step, 0
         if c.sft_eval_every and step % c.sft_eval_every == 0 and step < c.sft_steps:
           e = self.evaluate(state['train'].params)
           evals[f'sft_{step}'] = e
           writer.write_scalars(step, e)
+          t_log, step_log, sft_tokens = time.perf_counter(), step, 0
         if step == c.sft_steps:
           break
         if c.checkpoint_every and step % c.checkpoint_every == 0:
@@ -476,6 +533,12 @@ class Harness:
           phase = 'rl'
         else:
           phase = 'done'
+        save(step, state, phase)
+
+      if need_before:
+        evals['before'] = self.evaluate(state['train'].params)
+        writer.write_scalars(step, evals['before'])
+        writer.write_text(step, 'initial policy: ' + _fmt_eval(evals['before']))
         save(step, state, phase)
 
       # ---------------- RL
@@ -504,9 +567,9 @@ class Harness:
                                         jnp.asarray(rewards.reshape(-1, c.group_size)))
         state = dict(state, train=train, curriculum=cstate)
         step += 1
+        m = {k: float(v) for k, v in jax.device_get(m).items()}  # Also ends this step's work.
+        t3 = time.perf_counter()
         if (step - c.sft_steps) % c.log_every == 0 or step == self.total_steps:
-          m = {k: float(v) for k, v in jax.device_get(m).items()}
-          t3 = time.perf_counter()
           m.update({
               'pass_rate': float(correct.mean()),
               'sample_time': t1 - t0, 'reward_time': t2 - t1, 'train_time': t3 - t2,
@@ -558,9 +621,11 @@ class Harness:
     elif before:
       lines.append(f'held-out ({len(self.data.eval_prompts)} prompts) after warm start: '
                    + _fmt_eval(before))
-    lines.append(f'wall time {wall_time:.1f} s')
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_time = usage.ru_utime + usage.ru_stime
+    lines.append(f'wall time {wall_time:.1f} s (this process: {cpu_time:.0f} s of CPU time)')
     return {'evals': evals, 'before': before, 'after': after, 'wall_time': wall_time,
-            'text': '\n'.join(lines)}
+            'process_cpu_time': cpu_time, 'text': '\n'.join(lines)}
 
 
 def _fmt_eval(e: dict[str, float]) -> str:

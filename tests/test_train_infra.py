@@ -128,6 +128,12 @@ def test_corrupt_latest_falls_back_with_warning(tmp_path, corruption):
     step, state, meta = ckpt.restore(_template())
   assert step == 1 and meta == {'position': 1}
   np.testing.assert_array_equal(state['w'], 1.0)
+  # The unreadable step is set aside, so that step can be saved again.
+  assert ckpt.all_steps() == [1]
+  assert os.path.isdir(os.path.join(str(tmp_path), 'unreadable_2_0'))
+  ckpt.save(2, _state(2))
+  ckpt.wait()
+  assert ckpt.restore(_template())[0] == 2
 
 
 def test_partial_checkpoint_directory_is_ignored(tmp_path):

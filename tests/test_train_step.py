@@ -69,18 +69,34 @@ def _sgd(lr):
   return optax.sgd(lr)
 
 
+LR = 0.5
+_UPDATES = {}
+
+
+def _reinforce_update(graphdef, num_minibatches=1):
+  """One compiled REINFORCE/RLOO update per mini-batch count, shared by the tests below."""
+  key = num_minibatches
+  if key not in _UPDATES:
+    cfg = ts.LossConfig(estimator='reinforce', advantage='rloo',
+                        aggregation='seq-mean-token-sum', track_ref_kl=True)
+    _UPDATES[key] = ts.make_rl_update(graphdef, _sgd(LR), cfg, group_size=G,
+                                      num_minibatches=num_minibatches, shuffle=False,
+                                      donate=False)
+  return _UPDATES[key]
+
+
+def _sgd_state(params):
+  return ts.TrainState(_copy(params), _sgd(LR).init(params), jnp.zeros((), jnp.int32))
+
+
 def _copy(tree):
   return jax.tree.map(jnp.copy, tree)
 
 
 def test_reinforce_rloo_update_equals_independent_gradient(setup):
   graphdef, params, batch = setup
-  lr = 0.5
-  cfg = ts.LossConfig(estimator='reinforce', advantage='rloo', aggregation='seq-mean-token-sum',
-                      track_ref_kl=False)
-  update = ts.make_rl_update(graphdef, _sgd(lr), cfg, group_size=G, donate=False)
-  state = ts.TrainState(_copy(params), _sgd(lr).init(params), jnp.zeros((), jnp.int32))
-  new_state, metrics = update(state, None, batch, jax.random.key(0))
+  update = _reinforce_update(graphdef)
+  new_state, metrics = update(_sgd_state(params), params, batch, jax.random.key(0))
 
   r = np.asarray(batch.rewards).reshape(-1, G)
   adv = (r - (r.sum(1, keepdims=True) - r) / (G - 1)).reshape(-1)  # leave-one-out baseline
@@ -90,7 +106,7 @@ def test_reinforce_rloo_update_equals_independent_gradient(setup):
     return -jnp.mean(jnp.asarray(adv) * jnp.sum(lp, axis=1))
 
   grads = jax.grad(loss)(params)
-  expected = jax.tree.map(lambda p, g: p - lr * g, params, grads)
+  expected = jax.tree.map(lambda p, g: p - LR * g, params, grads)
   for got, want in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected)):
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
   assert int(new_state.step) == 1
@@ -102,10 +118,7 @@ def test_reinforce_rloo_update_equals_independent_gradient(setup):
 
 def test_batch_metrics_match_numpy(setup):
   graphdef, params, batch = setup
-  cfg = ts.LossConfig(estimator='reinforce', track_ref_kl=True)
-  update = ts.make_rl_update(graphdef, _sgd(0.0), cfg, group_size=G, donate=False)
-  state = ts.TrainState(_copy(params), _sgd(0.0).init(params), jnp.zeros((), jnp.int32))
-  _, m = update(state, params, batch, jax.random.key(0))
+  _, m = _reinforce_update(graphdef)(_sgd_state(params), params, batch, jax.random.key(0))
   r = np.asarray(batch.rewards)
   cm = np.asarray(batch.completion_mask)
   np.testing.assert_allclose(m['reward_mean'], r.mean(), rtol=1e-6)
@@ -131,18 +144,14 @@ def test_batch_metrics_match_numpy(setup):
 def test_minibatches_are_sequential_optimizer_steps(setup):
   """2 mini-batches in one call == two calls, one per half (whole groups, in order)."""
   graphdef, params, batch = setup
-  lr = 0.3
-  cfg = ts.LossConfig(estimator='reinforce', track_ref_kl=False)
-  two = ts.make_rl_update(graphdef, _sgd(lr), cfg, group_size=G, num_minibatches=2,
-                          shuffle=False, donate=False)
-  one = ts.make_rl_update(graphdef, _sgd(lr), cfg, group_size=G, donate=False)
-  state = ts.TrainState(_copy(params), _sgd(lr).init(params), jnp.zeros((), jnp.int32))
-  combined, _ = two(state, None, batch, jax.random.key(0))
+  state = _sgd_state(params)
+  combined, _ = _reinforce_update(graphdef, 2)(state, params, batch, jax.random.key(0))
+  one = _reinforce_update(graphdef)
   half = batch.tokens.shape[0] // 2
   first = jax.tree.map(lambda x: x[:half], batch)
   second = jax.tree.map(lambda x: x[half:], batch)
-  s1, _ = one(state, None, first, jax.random.key(0))
-  s2, _ = one(s1, None, second, jax.random.key(0))
+  s1, _ = one(state, params, first, jax.random.key(0))
+  s2, _ = one(s1, params, second, jax.random.key(0))
   assert int(combined.step) == 2
   for a, b in zip(jax.tree.leaves(combined.params), jax.tree.leaves(s2.params)):
     np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)

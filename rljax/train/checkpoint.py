@@ -9,8 +9,9 @@ One checkpoint per saved step, under ``<workdir>/checkpoints/<step>/``, with two
 
 Orbax writes each step into a temporary directory and renames it when complete, so a run killed
 mid-save leaves no step that looks finished. A step that *does* look finished but cannot be
-read (a truncated or deleted file, say) is skipped with a warning and the previous step is
-restored instead.
+read (a truncated or deleted file, say) is skipped with a warning, renamed to
+``unreadable_<step>_<n>`` (kept for inspection, out of the way of the next save of that step),
+and the previous step is restored instead.
 
 Example:
   >>> import tempfile, jax.numpy as jnp
@@ -102,7 +103,9 @@ class Checkpointer:
       template: a pytree with the structure, shapes, dtypes and shardings of the saved state
         (concrete arrays or `jax.ShapeDtypeStruct`s with `.sharding`); restored arrays get the
         template's shardings. Or a function `meta -> template`, for states whose structure
-        depends on what the checkpoint's metadata says (e.g. the training phase).
+        depends on what the checkpoint's metadata says (e.g. the training phase). Or None: the
+        saved tree as nested dicts/lists of arrays on the default device (to pick parts of
+        another run's state).
       step: restore exactly this step (no fallback).
 
     Returns:
@@ -122,17 +125,18 @@ class Checkpointer:
           step_template = template(dict(meta['meta'] or {}))
         else:
           step_template = template
-        abstract = jax.tree.map(_abstract, step_template)
+        abstract = None if step_template is None else jax.tree.map(_abstract, step_template)
         restored = self._manager.restore(
             s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                        meta=ocp.args.JsonRestore()))
         state = restored['state']
         _check_finite(state)
         if errors:
+          moved = [self._set_aside(e[0]) for e in errors]
           warnings.warn(
               f'checkpoint(s) {[e[0] for e in errors]} in {self.directory} could not be read '
-              f'({errors[0][1]}); restored the previous checkpoint, step {s}',
-              CheckpointFallbackWarning, stacklevel=2)
+              f'({errors[0][1]}); restored the previous checkpoint, step {s} (the unreadable '
+              f'ones were moved to {moved})', CheckpointFallbackWarning, stacklevel=2)
         return s, state, dict(restored['meta'] or {})
       except Exception as e:  # pylint: disable=broad-except
         if step is not None:
@@ -140,6 +144,17 @@ class Checkpointer:
         logger.warning('checkpoint step %d unreadable: %s: %s', s, type(e).__name__, e)
         errors.append((s, f'{type(e).__name__}: {str(e)[:200]}'))
     raise RuntimeError(f'no readable checkpoint in {self.directory}: {errors}')
+
+  def _set_aside(self, step: int) -> str:
+    """Renames an unreadable step directory out of the way (so the step can be saved again)."""
+    src = os.path.join(self.directory, str(step))
+    n = 0
+    while os.path.exists(dst := os.path.join(self.directory, f'unreadable_{step}_{n}')):
+      n += 1
+    if os.path.exists(src):
+      os.rename(src, dst)
+    self._manager.reload()
+    return os.path.basename(dst)
 
   def close(self) -> None:
     self._manager.wait_until_finished()

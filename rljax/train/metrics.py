@@ -87,7 +87,7 @@ class JsonlWriter(MetricWriter):
       os.replace(tmp, self.path)
     elif resume_step is None and os.path.exists(self.path):
       os.remove(self.path)
-    self._file = open(self.path, 'a')
+    self._file = open(self.path, 'a', buffering=1)  # Line-buffered: each record is written.
 
   def write_scalars(self, step, scalars):
     record = {'step': int(step)}

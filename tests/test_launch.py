@@ -1,0 +1,141 @@
+"""Tests of the launcher: flag validation and the flagfiles.
+
+The end-to-end runs of the launcher are in tests/test_resume.py.
+"""
+
+import dataclasses
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from experiments import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+def _launch(args, tmp_path, timeout=120):
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  return subprocess.run([sys.executable, '-m', 'experiments.launch',
+                         f'--workdir={tmp_path}', *args], capture_output=True, text=True,
+                        cwd=ROOT, env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize('args, pattern', [
+    (['--estimator=sgd_magic'], r'--estimator.*grpo'),
+    (['--num_prompts=32', '--num_minibatches=3'], r'--num_minibatches=3.*--num_prompts=32'),
+])
+def test_invalid_flags_fail_at_startup_naming_the_flag(tmp_path, args, pattern):
+  result = _launch(args, tmp_path)
+  assert result.returncode != 0
+  assert re.search(pattern, result.stderr, re.S), result.stderr[-2000:]
+  # Nothing was built: no checkpoint, no metrics.
+  assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
+
+
+@pytest.mark.parametrize('args, pattern', [
+    (['--aggregation=mean'], r'--aggregation.*token-mean'),
+    (['--group_size=0'], r'--group_size'),
+    (['--task_args=levels=3'], r'--task_args must be a JSON object'),
+    (['--mesh_data=3'], r'--mesh_data x --mesh_fsdp = 3'),
+    (['--estimator=topr', '--is_correction=tis'], r'--is_correction=tis.*--estimator=topr'),
+    (['--sft_levels=1:x'], r'--sft_levels'),
+])
+def test_invalid_flags_fail_when_parsed(args, pattern):
+  """The same checks in-process: absl's own (enums, bounds) then `Config.validate`."""
+  fv = flags.FlagValues()
+  config_lib.define_flags(fv)
+  with pytest.raises((flags.Error, ValueError), match=pattern):
+    fv(['prog', *args])
+    config_lib.config_from_flags(fv)
+
+
+@pytest.mark.parametrize('field, value, pattern', [
+    ('estimator', 'nope', r"--estimator='nope' is invalid; valid values: \[.*'grpo'"),
+    ('temperature', 0.0, r'--temperature=0.0 is invalid; it must be > 0'),
+    ('top_p', 1.5, r'--top_p=1.5 is invalid; it must be <= 1'),
+    ('curriculum', 'random', r"--curriculum='random' is invalid; valid values: \[.*'uniform'"),
+    ('tokenizer', 'words', r"--tokenizer='words' is invalid"),
+    ('kl_estimator', 'k4', r"--kl_estimator='k4'"),
+])
+def test_config_validate_names_flag_and_valid_values(field, value, pattern):
+  with pytest.raises(ValueError, match=pattern):
+    config_lib.Config(**{field: value}).validate()
+
+
+def test_every_field_is_a_flag_with_the_same_default():
+  fv = flags.FlagValues()
+  config_lib.define_flags(fv)
+  fv(['prog'])
+  for f in dataclasses.fields(config_lib.Config):
+    assert fv[f.name].value == f.default, f.name
+  assert config_lib.config_from_flags(fv) == config_lib.Config()
+
+
+def _flagfiles():
+  return sorted(glob.glob(os.path.join(ROOT, 'experiments', 'configs', '*.flags')))
+
+
+def test_there_are_flagfiles():
+  names = [os.path.basename(p) for p in _flagfiles()]
+  assert 'arithmetic_grpo.flags' in names
+
+
+@pytest.mark.parametrize('path', _flagfiles(), ids=os.path.basename)
+def test_flagfile_header_and_values(path):
+  with open(path) as f:
+    text = f.read()
+  header = []
+  for line in text.splitlines():
+    if not line.startswith('#'):
+      break
+    header.append(line.lower())
+  header = '\n'.join(header)
+  assert 'python -m experiments.launch' in header and os.path.basename(path) in header
+  assert 'run time' in header and 'expected result' in header
+  fv = flags.FlagValues()
+  config_lib.define_flags(fv)
+  fv(['prog', f'--flagfile={path}'])
+  config_lib.config_from_flags(fv)  # validates
+
+
+def test_init_from_hf_and_from_workdir_load_the_weights(tmp_path):
+  """`--init_from_hf` loads a safetensors checkpoint, `--init_from_workdir` another run's
+  parameters (both checked against the source arrays; nothing is compiled or trained)."""
+  import jax
+  import numpy as np
+  from flax import nnx
+  from experiments.train import Harness
+  from rljax.models import Transformer, TransformerConfig
+  from rljax.models import hf
+  from rljax.train import checkpoint as ckpt_lib
+  from rljax.train import train_step as ts
+  cfg = TransformerConfig(vocab_size=40, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                          head_dim=8, ffn_dim=32, max_seq_len=32)
+  model = Transformer(cfg, rngs=nnx.Rngs(7))
+  hf_dir = tmp_path / 'hf'
+  hf.to_hf(model, str(hf_dir))
+  base = dict(task_args='{"levels": [1], "ops": ["+"]}', sft_steps=0, rl_steps=1,
+              rl_pool_size=8, eval_num=4, num_prompts=4, group_size=2, num_minibatches=1,
+              console=False, tensorboard=False)
+  h = Harness(config_lib.Config(init_from_hf=str(hf_dir), **base), str(tmp_path / 'a'))
+  want = jax.tree.leaves(nnx.state(model))
+  got = jax.tree.leaves(h.init_params)
+  assert len(got) == len(want)
+  for a, b in zip(got, want):
+    np.testing.assert_array_equal(a, b)
+  # A finished run's checkpoint (here: written by hand) seeds --init_from_workdir.
+  small = dict(base, d_model=16, num_layers=1, num_heads=2, ffn_dim=32)
+  h0 = Harness(config_lib.Config(**small), str(tmp_path / 'src'))
+  params = jax.tree.map(lambda x: x + 1.0, h0.init_params)
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path / 'src' / 'checkpoints'))
+  ckpt.save(3, {'train': ts.init_train_state(params, h0.sft_tx), 'rng': np.zeros(2, np.uint32)},
+            {'layout': 'sft'})
+  ckpt.close()
+  h2 = Harness(config_lib.Config(init_from_workdir=str(tmp_path / 'src'), **small),
+               str(tmp_path / 'b'))
+  for a, b in zip(jax.tree.leaves(h2.init_params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
