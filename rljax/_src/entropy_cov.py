@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 
 from rljax._src import aggregation as agg_lib
-from rljax._src import group_reinforce
 from rljax._src import ratios
 from rljax._src import types
 from rljax._src import validation
@@ -171,10 +170,10 @@ def _check_selection(selection, logp, valid):
 def _metrics(d, m, logp, old_logp, mask, clamp, cov, selected, means=None, sums=None):
   """Ratio statistics, selection counts and covariance, in one fused reduction."""
   sel = selected.astype(jnp.float32)
-  ratio_means, mins, maxs = group_reinforce.ratio_stat_terms(d, clamp)
+  ratio_means, mins, maxs = ratios.ratio_stat_terms(d, clamp)
   means = dict(ratio_means, selected_frac=sel, cov_mean=cov, **(means or {}))
   sums = dict(num_selected=sel, **(sums or {}))
-  metrics = group_reinforce.masked_stats(m, means=means, sums=sums, mins=mins, maxs=maxs)
+  metrics = agg_lib.masked_stats(m, means=means, sums=sums, mins=mins, maxs=maxs)
   nonempty = jnp.sum(m, axis=-1) > 0
   metrics["ess"] = ratios.effective_sample_size(
       ratios.log_ratio(logp, old_logp, mask, level="sequence-sum", clamp=clamp), nonempty)

@@ -28,61 +28,6 @@ OPMD_BASELINES = ("mean", "logavgexp")
 OPMD_LEVELS = ("sequence", "token")
 
 
-def masked_stats(mask: jax.Array, *, means=None, sums=None, mins=None, maxs=None) -> dict:
-  """Token means, minima and maxima of several [B, T] arrays over `mask`, in one pass.
-
-  Same values as `rljax.masked_mean` / ``masked_min`` / ``masked_max`` (means weighted by the
-  mask, divided by max(sum(mask), 1); min/max over tokens with mask > 0, 0 if there are none), but
-  computed by a single variadic ``lax.reduce`` into which XLA fuses every operand. Separate
-  reductions each materialise a [B, T] temporary on the CPU backend, and at [256, 4096] ten of them
-  cost more than the loss itself. Used for the diagnostics of the losses in this package; no
-  gradient.
-
-  Args:
-    mask: [B, T] weights.
-    means, sums, mins, maxs: mappings from metric name to a [B, T] array; ``sums`` are plain
-      (unweighted) sums over the tokens with mask > 0, e.g. counts.
-
-  Returns:
-    dict from every name to a float32 scalar.
-  """
-  means, sums = dict(means or {}), dict(sums or {})
-  mins, maxs = dict(mins or {}), dict(maxs or {})
-  m = validation.mask_as_float(mask)
-  valid = m > 0
-  sg = lambda x: jax.lax.stop_gradient(jnp.asarray(x, jnp.float32))
-  operands = [m] + [jnp.where(valid, sg(v), 0.0) * m for v in means.values()]
-  operands += [jnp.where(valid, sg(v), 0.0) for v in sums.values()]
-  operands += [jnp.where(valid, sg(v), jnp.inf) for v in mins.values()]
-  operands += [jnp.where(valid, sg(v), -jnp.inf) for v in maxs.values()]
-  num_sums, num_mins = 1 + len(means) + len(sums), len(mins)
-  inits = [0.0] * num_sums + [jnp.inf] * num_mins + [-jnp.inf] * len(maxs)
-
-  def combine(a, b):
-    return tuple(x + y if i < num_sums else
-                 (jnp.minimum(x, y) if i < num_sums + num_mins else jnp.maximum(x, y))
-                 for i, (x, y) in enumerate(zip(a, b)))
-
-  out = jax.lax.reduce(tuple(operands), tuple(jnp.float32(x) for x in inits), combine,
-                       tuple(range(m.ndim)))
-  count, rest = out[0], out[1:]
-  stats = {k: v / jnp.maximum(count, 1.0) for k, v in zip(means, rest[:len(means)])}
-  stats.update(zip(sums, rest[len(means):num_sums - 1]))
-  extremes = list(mins) + list(maxs)
-  stats.update({k: jnp.where(count > 0, v, 0.0) for k, v in zip(extremes, rest[num_sums - 1:])})
-  return stats
-
-
-def ratio_stat_terms(d: jax.Array, clamp: Optional[float]):
-  """The (means, mins, maxs) for `masked_stats` that give `ratios.ratio_metrics`'s metrics."""
-  d = jax.lax.stop_gradient(d)
-  r = jnp.exp(d)
-  means = {"ratio_mean": r, "approx_kl": r - 1.0 - d}
-  if clamp is not None:
-    means["log_ratio_clamped_frac"] = (jnp.abs(d) >= clamp).astype(jnp.float32)
-  return means, {"ratio_min": r}, {"ratio_max": r}
-
-
 def _grouped_rewards(rewards, group_size):
   rewards = jax.lax.stop_gradient(jnp.asarray(rewards, jnp.float32))
   if rewards.ndim != 1:
@@ -217,7 +162,7 @@ def asymre_loss(logp: jax.Array,
   lp = jnp.where(valid, logp.astype(jnp.float32), 0.0)
   loss = agg_lib.aggregate(-adv * lp, m, aggregation, max_tokens=max_tokens,
                            normalizer=normalizer)
-  metrics = masked_stats(m, means={"advantage_mean": adv,
+  metrics = agg_lib.masked_stats(m, means={"advantage_mean": adv,
                                    "positive_frac": (adv > 0).astype(jnp.float32)})
   return types.LossOutput(loss, metrics)
 
@@ -305,10 +250,10 @@ def opmd_loss(logp: jax.Array,
   reg = jnp.where(valid, reg, 0.0)
   kwargs = dict(max_tokens=max_tokens, normalizer=normalizer)
   loss = agg_lib.aggregate(-adv * lp + reg, m, aggregation, **kwargs)
-  means, mins, maxs = ratio_stat_terms(jnp.clip(d, -ratios.DEFAULT_CLAMP, ratios.DEFAULT_CLAMP),
+  means, mins, maxs = ratios.ratio_stat_terms(jnp.clip(d, -ratios.DEFAULT_CLAMP, ratios.DEFAULT_CLAMP),
                                        ratios.DEFAULT_CLAMP)
   means["advantage_mean"] = adv
-  metrics = masked_stats(m, means=means, mins=mins, maxs=maxs)
+  metrics = agg_lib.masked_stats(m, means=means, mins=mins, maxs=maxs)
   nonempty = jnp.sum(m, axis=-1) > 0
   metrics["ess"] = ratios.effective_sample_size(jnp.sum(d * m, axis=-1), nonempty)
   metrics["regularizer"] = agg_lib.aggregate(reg, m, aggregation, **kwargs)
@@ -429,10 +374,10 @@ def rec_loss(logp: jax.Array,
   as_float = lambda x: x.astype(jnp.float32)
   low = (adv < 0) & (rho < lo)
   high = (adv > 0) & (rho > hi)
-  means, mins, maxs = ratio_stat_terms(d, clamp)
+  means, mins, maxs = ratios.ratio_stat_terms(d, clamp)
   means.update({"clip_frac_low": as_float(low), "clip_frac_high": as_float(high),
                 "clip_frac": as_float(low | high), "masked_frac": as_float(~keep)})
-  metrics = masked_stats(m, means=means, mins=mins, maxs=maxs)
+  metrics = agg_lib.masked_stats(m, means=means, mins=mins, maxs=maxs)
   nonempty = jnp.sum(m, axis=-1) > 0
   metrics["ess"] = ratios.effective_sample_size(
       ratios.log_ratio(logp, old_logp, mask, level="sequence-sum", clamp=clamp), nonempty)

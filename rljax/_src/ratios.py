@@ -138,15 +138,16 @@ def ratio_metrics(log_ratios: jax.Array, mask: jax.Array, *, prefix: str = "rati
   `approx_kl` is the k3 estimate of KL(π_old‖π_θ) from the tokens sampled under π_old,
   :math:`\\mathbb{E}[\\rho - 1 - \\log\\rho]` (Schulman, "Approximating KL divergence", 2020).
   """
-  d = jax.lax.stop_gradient(log_ratios)
+  means, mins, maxs = ratio_stat_terms(log_ratios, clamp)
+  out = aggregation.masked_stats(mask, means=means, mins=mins, maxs=maxs)
+  return {(prefix + k[len("ratio"):] if k.startswith("ratio_") else k): v for k, v in out.items()}
+
+
+def ratio_stat_terms(d: jax.Array, clamp: Optional[float]):
+  """The (means, mins, maxs) for `masked_stats` that give `ratio_metrics`'s metrics."""
+  d = jax.lax.stop_gradient(d)
   r = jnp.exp(d)
-  out = {
-      f"{prefix}_mean": aggregation.masked_mean(r, mask),
-      f"{prefix}_min": aggregation.masked_min(r, mask),
-      f"{prefix}_max": aggregation.masked_max(r, mask),
-      "approx_kl": aggregation.masked_mean(r - 1.0 - d, mask),
-  }
+  means = {"ratio_mean": r, "approx_kl": r - 1.0 - d}
   if clamp is not None:
-    out["log_ratio_clamped_frac"] = aggregation.masked_mean(
-        (jnp.abs(d) >= clamp).astype(jnp.float32), mask)
-  return out
+    means["log_ratio_clamped_frac"] = (jnp.abs(d) >= clamp).astype(jnp.float32)
+  return means, {"ratio_min": r}, {"ratio_max": r}

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 
 from rljax._src import aggregation as agg_lib
-from rljax._src import group_reinforce
 from rljax._src import ratios
 from rljax._src import types
 from rljax._src import validation
@@ -135,7 +134,7 @@ def topr_loss(logp: jax.Array,
                            normalizer=normalizer)
 
   as_float = lambda x: x.astype(jnp.float32)
-  means, mins, maxs = group_reinforce.ratio_stat_terms(token_d, clamp)
+  means, mins, maxs = ratios.ratio_stat_terms(token_d, clamp)
   means.update({
       "weight_mean": w,
       "negative_frac": as_float(negative),
@@ -145,7 +144,7 @@ def topr_loss(logp: jax.Array,
   if rewards.ndim == 2:
     means.update({"_positive_mass": jnp.where(negative, 0.0, jnp.abs(adv)),
                   "_mass": jnp.abs(adv)})
-  metrics = group_reinforce.masked_stats(m, means=means, mins=mins, maxs=maxs)
+  metrics = agg_lib.masked_stats(m, means=means, mins=mins, maxs=maxs)
   nonempty = jnp.sum(m, axis=-1) > 0
   if rewards.ndim == 1:  # per-sequence shares, as in the paper
     seq_adv = jax.lax.stop_gradient(rewards.astype(jnp.float32) - baseline)
