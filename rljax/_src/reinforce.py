@@ -55,8 +55,5 @@ def reinforce_loss(logp: jax.Array,
   per_token = -adv * lp
   loss = agg_lib.aggregate(per_token, m, aggregation, max_tokens=max_tokens,
                                normalizer=normalizer)
-  metrics = {
-      "advantage_mean": agg_lib.masked_mean(adv, m),
-      "logp_mean": agg_lib.masked_mean(jax.lax.stop_gradient(lp), m),
-  }
+  metrics = agg_lib.masked_stats(m, means={"advantage_mean": adv, "logp_mean": lp})
   return types.LossOutput(loss, metrics)
