@@ -61,6 +61,9 @@ class Config:
                        'each optionally with a count ("1,2" splits --sft_num_demos evenly; '
                        '"2:2000,3:100" gives 2000 of level 2 and 100 of level 3); empty: all.')
   sft_num_demos: int = _f(20000, 'Distinct demonstrations in the warm-start set.', lo=1)
+  demo_error_rate: float = _f(0.0, 'Fraction of warm-start demonstrations whose answer is '
+                              'replaced by the answer of another problem (an imperfect teacher; '
+                              'chosen by the seed).', lo=0.0, hi=1.0)
   rl_levels: str = _f('', 'Task levels of the RL prompt pool, as --sft_levels (empty: all).')
   rl_pool_size: int = _f(20000, 'Training prompts in the RL pool (the curriculum arms).', lo=1)
   rl_pool_disjoint: bool = _f(True, 'Keep the warm-start demonstrations\' prompts out of the RL '
@@ -288,6 +291,9 @@ class Config:
       if size % batch_devices:
         raise ValueError(f'{name} = {size} must be a multiple of --mesh_data x --mesh_fsdp = '
                          f'{batch_devices}')
+    if self.advantage == 'given' and self.curriculum != 'reinforce_ada':
+      raise ValueError('--advantage=given (advantages computed by the curriculum) needs '
+                       '--curriculum=reinforce_ada')
     spec = est_lib.get_estimator(self.estimator)
     if self.is_correction != 'none' and not spec.supports_is:
       raise ValueError(f'--is_correction={self.is_correction} does not apply to '
@@ -296,7 +302,7 @@ class Config:
     if self.estimator in ('copg',) and self.group_size < 2:
       raise ValueError(f'--estimator={self.estimator} needs --group_size >= 2')
     if self.advantage_mode() in ('group', 'group-none', 'group-batch-std', 'rloo', 'global') \
-        and self.group_size < 2 and self.rl_steps > 0:
+        and self.group_size < 2 and self.rl_steps > 0 and self.curriculum != 'reinforce_ada':
       raise ValueError(f'--group_size={self.group_size}: group baselines need >= 2 completions '
                        'per prompt')
     if self.rl_steps > 0:

@@ -155,6 +155,21 @@ def decode_completions(tok, tokens: np.ndarray, completion_mask: np.ndarray,
   return out
 
 
+def corrupt_demonstrations(examples: Sequence[Any], rate: float, seed: int) -> list[Any]:
+  """An imperfect teacher: a `rate` fraction of demonstrations get another problem's answer.
+
+  Which examples are corrupted, and whose demonstration each one receives, is a function of
+  `seed`; a demonstration that happens to equal the original is kept (so slightly fewer than
+  `rate` are wrong).
+  """
+  rng = np.random.default_rng([seed, 0x5EED])
+  n = len(examples)
+  wrong = rng.random(n) < rate
+  donors = (np.arange(n) + rng.integers(1, max(n, 2), size=n)) % n
+  return [dataclasses.replace(e, demonstration=examples[int(d)].demonstration) if w else e
+          for e, w, d in zip(examples, wrong, donors)]
+
+
 def epoch_batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> np.ndarray:
   """Indices of SFT batch `step` (0-based): consecutive slices of per-epoch permutations.
 
@@ -235,12 +250,15 @@ def _build_data(config: Config, workdir: str) -> _Data:
 
   sft_examples = checked('--sft_num_demos', 'train', config.sft_num_demos, 'sft') \
       if config.sft_steps else []
+  if config.demo_error_rate > 0 and sft_examples:
+    sft_examples = corrupt_demonstrations(sft_examples, config.demo_error_rate, config.seed)
   pool = []
   if config.rl_steps:
     if config.rl_pool_disjoint and sft_examples:
       # Draw extra and drop the demonstrated prompts: RL sees problems the warm start did not.
       seen = {e.prompt for e in sft_examples}
-      extra = checked('--rl_pool_size', 'train', config.rl_pool_size + len(seen), 'rl')
+      extra = checked('--rl_pool_size (+ --sft_num_demos, as --rl_pool_disjoint is set)',
+                      'train', config.rl_pool_size + len(seen), 'rl')
       pool = [e for e in extra if e.prompt not in seen][:config.rl_pool_size]
     else:
       pool = checked('--rl_pool_size', 'train', config.rl_pool_size, 'rl')
@@ -320,7 +338,8 @@ class Harness:
         weight_decay=c.weight_decay, b1=c.adam_b1, b2=c.adam_b2,
         max_grad_norm=c.max_grad_norm or None))
     self.loss_config = ts_lib.LossConfig(
-        estimator=c.estimator, advantage=c.advantage or None,
+        estimator=c.estimator,
+        advantage=c.advantage or ('given' if c.curriculum == 'reinforce_ada' else None),
         aggregation=c.aggregation or None, max_tokens=c.max_tokens or None,
         temperature=c.temperature, kl_coef=c.kl_coef, kl_estimator=c.kl_estimator,
         entropy_coef=c.entropy_coef, is_correction=c.is_correction, is_cap=c.is_cap,
@@ -331,9 +350,13 @@ class Harness:
 
     # Curriculum over the RL pool.
     from rljax.data import curricula  # pylint: disable=g-import-not-at-top
+    kwargs = dict(c.curriculum_kwargs)
+    if c.curriculum == 'reinforce_ada':
+      kwargs.setdefault('group_size', c.group_size)
+      if kwargs['group_size'] != c.group_size:
+        raise ValueError('--curriculum_args group_size must equal --group_size')
     self.curriculum = curricula.make_sampler(
-        c.curriculum, max(len(self.data.pool_prompts), 1), **c.curriculum_kwargs) \
-        if c.rl_steps else None
+        c.curriculum, max(len(self.data.pool_prompts), 1), **kwargs) if c.rl_steps else None
 
     self.checkpointer = ckpt_lib.Checkpointer(os.path.join(self.workdir, 'checkpoints'),
                                               max_to_keep=c.keep_checkpoints)
@@ -549,18 +572,16 @@ class Harness:
         t0 = time.perf_counter()
         arms, cstate = self.curriculum.sample(state['curriculum'], k_cur, c.num_prompts)
         arms = np.asarray(arms)
-        ids = np.repeat(d.pool_ids[arms], c.group_size, axis=0)
-        mask = np.repeat(d.pool_mask[arms], c.group_size, axis=0)
-        ids, mask = mesh_lib.shard_batch((ids, mask), self.mesh)
-        sample = self.sampler(c.temperature)(state['train'].params, ids, mask, k_sample)
-        host = jax.device_get(sample)
-        t1 = time.perf_counter()
-        texts = decode_completions(self.tok, host.tokens, host.completion_mask, d.prompt_width)
-        prompts = [d.pool_prompts[a] for a in np.repeat(arms, c.group_size)]
-        rewards = np.array([d.task.reward(p, t) for p, t in zip(prompts, texts)], np.float32)
-        correct = np.array([d.task.is_correct(p, t) for p, t in zip(prompts, texts)])
+        if c.curriculum == 'reinforce_ada':
+          batch, host, rewards, correct, ada_metrics, t1 = self._reinforce_ada_batch(
+              state['train'].params, arms, k_sample)
+        else:
+          sample, host, rewards, correct = self._rollouts(
+              state['train'].params, arms, c.group_size, k_sample)
+          t1 = time.perf_counter()
+          batch = Rollout.from_sample(sample, rewards, group_size=c.group_size)
+          ada_metrics = {}
         t2 = time.perf_counter()
-        batch = Rollout.from_sample(sample, rewards, group_size=c.group_size)
         batch = mesh_lib.shard_batch(batch, self.mesh)
         train, m = self.rl_update(state['train'], state['ref_params'], batch, k_update)
         cstate = self.curriculum.update(cstate, jnp.asarray(arms),
@@ -570,6 +591,7 @@ class Harness:
         m = {k: float(v) for k, v in jax.device_get(m).items()}  # Also ends this step's work.
         t3 = time.perf_counter()
         if (step - c.sft_steps) % c.log_every == 0 or step == self.total_steps:
+          m.update(ada_metrics)
           m.update({
               'pass_rate': float(correct.mean()),
               'sample_time': t1 - t0, 'reward_time': t2 - t1, 'train_time': t3 - t2,
@@ -602,6 +624,59 @@ class Harness:
     writer.close()
     self.final_state = state
     return summary
+
+  def _rollouts(self, params, arms: np.ndarray, per_prompt: int, key):
+    """Samples `per_prompt` completions of each pool prompt `arms`; host-side rewards."""
+    c, d = self.config, self.data
+    ids = np.repeat(d.pool_ids[arms], per_prompt, axis=0)
+    mask = np.repeat(d.pool_mask[arms], per_prompt, axis=0)
+    ids, mask = mesh_lib.shard_batch((ids, mask), self.mesh)
+    sample = self.sampler(c.temperature)(params, ids, mask, key)
+    host = jax.device_get(sample)
+    texts = decode_completions(self.tok, host.tokens, host.completion_mask, d.prompt_width)
+    prompts = [d.pool_prompts[a] for a in np.repeat(arms, per_prompt)]
+    rewards = np.array([d.task.reward(p, t) for p, t in zip(prompts, texts)], np.float32)
+    correct = np.array([d.task.is_correct(p, t) for p, t in zip(prompts, texts)])
+    return sample, host, rewards, correct
+
+  def _reinforce_ada_batch(self, params, arms: np.ndarray, key):
+    """Reinforce-Ada (arXiv 2510.04996): rounds of `samples_per_round` completions per prompt
+    until its exit rule holds, then a fixed-size group per prompt with the baseline of every
+    sample drawn for it. Every round samples all prompts (static shapes); rows of prompts that
+    already exited are ignored by the curriculum."""
+    ada = self.curriculum
+    n, m = ada.group_size, ada.samples_per_round
+    p = len(arms)
+    rounds, drawn_correct, drawn_len = [], [], []
+
+    def draw(round_key, active):
+      del active  # All rows are sampled; the round state ignores inactive ones.
+      sample, host, rewards, correct = self._rollouts(params, arms, m, round_key)
+      rounds.append(host)
+      drawn_correct.append(correct.reshape(p, m))
+      return rewards.reshape(p, m)
+
+    groups, stats, round_state = ada.collect(key, p, draw)
+    t_sampled = time.perf_counter()
+    index = np.asarray(groups.sample_index)                     # [P, n] slots r * M + j
+    r, j = index // m, index % m
+    rows = r * p * m + np.arange(p)[:, None] * m + j            # rows of the round-major concat
+    fields = ('tokens', 'prompt_mask', 'completion_mask', 'behavior_logp', 'untruncated_logp',
+              'lengths', 'stopped')
+    cat = {f: np.concatenate([np.asarray(getattr(h, f)) for h in rounds]) for f in fields}
+    picked = {f: v[rows.reshape(-1)] for f, v in cat.items()}
+    kept_rewards = np.asarray(groups.rewards, np.float32).reshape(-1)
+    batch = Rollout(
+        **picked, rewards=jnp.asarray(kept_rewards),
+        advantages=jnp.asarray(np.asarray(groups.advantages, np.float32).reshape(-1)),
+        group_ids=jnp.arange(p * n, dtype=jnp.int32) // n)
+    correct = np.concatenate(drawn_correct, axis=1)[np.arange(p)[:, None], index].reshape(-1)
+    metrics = {f'ada/{k}': float(v) for k, v in stats.items()}
+    all_correct = np.concatenate(drawn_correct, axis=1)
+    drawn = np.asarray(round_state.drawn)[:, :all_correct.shape[1]]
+    metrics['ada/drawn_pass_rate'] = float((all_correct & drawn).sum() / max(drawn.sum(), 1))
+    host = jax.tree.map(np.asarray, batch)
+    return batch, host, kept_rewards, correct, metrics, t_sampled
 
   def _enter_rl(self, params) -> dict[str, Any]:
     ref = jax.device_put(jax.tree.map(jnp.copy, params), self.param_shardings)

@@ -94,7 +94,7 @@ def test_flagfile_header_and_values(path):
       break
     header.append(line.lower())
   header = '\n'.join(header)
-  assert 'python -m experiments.launch' in header and os.path.basename(path) in header
+  assert 'python -m experiments.' in header and os.path.basename(path) in header
   assert 'run time' in header and 'expected result' in header
   fv = flags.FlagValues()
   config_lib.define_flags(fv)
@@ -139,3 +139,18 @@ def test_init_from_hf_and_from_workdir_load_the_weights(tmp_path):
                str(tmp_path / 'b'))
   for a, b in zip(jax.tree.leaves(h2.init_params), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_corrupt_demonstrations_is_seeded_and_changes_only_answers():
+  from experiments.train import corrupt_demonstrations
+  from rljax.data import tasks
+  task = tasks.get_task('arithmetic', levels=(3,), ops=('+',), seed=0)
+  examples = task.examples('train', 2000)
+  noisy = corrupt_demonstrations(examples, 0.3, seed=5)
+  assert noisy == corrupt_demonstrations(examples, 0.3, seed=5)
+  assert noisy != corrupt_demonstrations(examples, 0.3, seed=6)
+  assert [e.prompt for e in noisy] == [e.prompt for e in examples]
+  wrong = [not task.is_correct(e.prompt, e.demonstration) for e in noisy]
+  # Bernoulli(0.3) over 2000 examples: within 5 standard deviations (about 0.05).
+  assert abs(sum(wrong) / len(wrong) - 0.3) < 0.05
+  assert corrupt_demonstrations(examples, 0.0, seed=5) == list(examples)

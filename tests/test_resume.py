@@ -23,7 +23,8 @@ FLAGS = [
     '--rl_steps=8', '--num_prompts=4', '--group_size=2', '--num_epochs=2', '--num_minibatches=2',
     '--max_new_tokens=4', '--rl_pool_size=16', '--eval_num=4', '--eval_samples=2',
     '--eval_every=4', '--checkpoint_every=2', '--keep_checkpoints=2', '--console=false',
-    '--curriculum=thompson', '--seed=3',
+    '--curriculum=reinforce_ada', '--curriculum_args={"samples_per_round": 2, "max_rounds": 2}',
+    '--seed=3',
 ]
 TIMING = ('time', 'tokens_per_sec')
 

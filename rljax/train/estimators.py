@@ -41,7 +41,8 @@ import jax.numpy as jnp
 
 import rljax
 
-ADVANTAGE_MODES = ('group', 'group-none', 'group-batch-std', 'rloo', 'global', 'raw')
+ADVANTAGE_MODES = ('group', 'group-none', 'group-batch-std', 'rloo', 'global', 'raw',
+                   'given')
 IS_CORRECTIONS = ('none', 'tis', 'mis')
 OLD_LOGP_SOURCES = ('trainer', 'sampler')
 
@@ -269,9 +270,11 @@ def compute_advantages(rewards: jax.Array, group_size: int, mode: str) -> jax.Ar
   * ``global``: the same as ``group-none`` for contiguous fixed groups (Reinforce-Ada's
     per-prompt mean over all samples of the prompt in the batch).
   * ``raw``: the rewards themselves (for losses with their own baseline, e.g. TOPR, CoPG).
+  * ``given``: computed outside the update (e.g. Reinforce-Ada's baseline over every sample
+    drawn for the prompt) and passed in `Rollout.advantages`; not handled here.
   """
-  if mode not in ADVANTAGE_MODES:
-    raise ValueError(f'advantage must be one of {ADVANTAGE_MODES}, got {mode!r}')
+  if mode not in ADVANTAGE_MODES or mode == 'given':
+    raise ValueError(f'advantage must be one of {ADVANTAGE_MODES[:-1]} here, got {mode!r}')
   if mode == 'group':
     return rljax.group_advantages(rewards, group_size, scale='std')
   if mode == 'group-none':

@@ -340,7 +340,10 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
       ref_logp = jnp.zeros_like(trainer_logp)
     old_logp = trainer_logp if cfg.old_logp == 'trainer' else batch.behavior_logp
 
-    adv = est_lib.compute_advantages(batch.rewards, group_size, adv_mode)
+    if adv_mode == 'given':
+      adv = batch.advantages.astype(jnp.float32)
+    else:
+      adv = est_lib.compute_advantages(batch.rewards, group_size, adv_mode)
     if cfg.is_correction != 'none':
       is_w = rljax.truncated_is_weights(
           batch.behavior_logp, trainer_logp, mask, cap=cfg.is_cap, level=cfg.is_level,
