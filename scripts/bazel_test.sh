@@ -2,7 +2,7 @@
 # Builds every Bazel target and runs the Bazel test targets given (default: the estimator tests)
 # against a Python virtual environment that has rljax's test dependencies installed.
 #   sudo apt-get install bazel-bootstrap bazel-platforms     # Debian/Ubuntu, Bazel 4.2, offline
-#   bash scripts/bazel_test.sh                                # //:test_primitives ... (estimators)
+#   bash scripts/bazel_test.sh                                # tabular, primitives, advantages, exact gradients
 #   bash scripts/bazel_test.sh //...                          # everything
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,7 @@ command -v bazel >/dev/null || { echo "bazel not found: apt-get install bazel-bo
 PY="$(cd "$VENV" && pwd)/bin/python"
 SITE="$("$PY" -c "import site; print(site.getsitepackages()[0])")"
 if [ $# -eq 0 ]; then
-  set -- $(sed -n 's/^    name = "\(test_\(primitives\|advantages\|exact_gradients\|ppo\|cispo\|off_policy\|topr\|copg\|group_reinforce\|entropy_cov\)\)",$/\/\/:\1/p' BUILD)
+  set -- $(sed -n 's/^    name = "\(test_\(tabular\|primitives\|advantages\|exact_gradients\)\)",$/\/\/:\1/p' BUILD)
 fi
 TP="$(pwd)/third_party/bazel"
 FLAGS=(--python_path="$PY"
