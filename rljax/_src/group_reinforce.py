@@ -17,6 +17,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from rljax._src import advantages as adv_lib
 from rljax._src import aggregation as agg_lib
 from rljax._src import ratios
 from rljax._src import types
@@ -29,15 +30,8 @@ OPMD_LEVELS = ("sequence", "token")
 
 
 def _grouped_rewards(rewards, group_size):
-  rewards = jax.lax.stop_gradient(jnp.asarray(rewards, jnp.float32))
-  if rewards.ndim != 1:
-    raise ValueError(f"rewards must have shape [B], got {list(rewards.shape)}.")
-  if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-    raise ValueError(f"group_size must be a positive Python int, got {group_size!r}.")
-  if rewards.shape[0] % group_size:
-    raise ValueError(f"rewards has {rewards.shape[0]} entries, which is not a multiple of "
-                     f"group_size={group_size} (groups are contiguous runs of group_size).")
-  r = rewards.reshape(-1, group_size)
+  """Rewards as [num_groups, group_size] (validated) and which groups have no spread."""
+  r = adv_lib._grouped(rewards, group_size)  # pylint: disable=protected-access
   flat = jnp.max(r, axis=1, keepdims=True) == jnp.min(r, axis=1, keepdims=True)
   return r, flat
 
