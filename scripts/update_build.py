@@ -90,10 +90,10 @@ def render():
     srcs = _files(patterns)
     if not srcs:
       continue
-    data = _files(DATA.get(name, []))
+    data = DATA.get(name, [])
     block = f'py_library(\n    name = "{name}",\n    srcs = {_list(srcs)},\n'
-    if data:
-      block += f"    data = {_list(data)},\n"
+    if data:  # a glob, so adding a flagfile or a data file needs no BUILD change
+      block += f"    data = glob({_list(data)}),\n"
     deps = set(_deps(srcs, own=name))
     if name != "estimators" and any(s.startswith("rljax/") for s in srcs):
       deps.add(":estimators")  # importing rljax.<sub> runs rljax/__init__.py
