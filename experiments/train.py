@@ -66,7 +66,7 @@ def model_config(config: Config, vocab_size: int, max_seq_len: int):
   """The `TransformerConfig` of a fresh policy from the preset and overrides."""
   from rljax.models import TransformerConfig  # pylint: disable=g-import-not-at-top
   presets = {
-      'micro': dict(d_model=128, num_layers=2, num_heads=4, ffn_dim=512),
+      'micro': dict(d_model=128, num_layers=2, num_heads=4, ffn_dim=512),  # 0.53M params
       'small': dict(d_model=192, num_layers=4, num_heads=4, ffn_dim=768),
       'tiny': dict(d_model=256, num_layers=4, num_heads=4, ffn_dim=1024),
   }
@@ -444,10 +444,15 @@ class Harness:
     }
     return out
 
+  def close(self) -> None:
+    """Waits for pending checkpoint writes and releases the checkpoint manager."""
+    self.checkpointer.close()
+
   def _params_from_workdir(self, workdir: str):
     """The parameters of the latest checkpoint of another run (`--init_from_workdir`)."""
     source = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
     restored = source.restore(None)
+    source.close()
     if restored is None:
       raise ValueError(f'--init_from_workdir={workdir!r} has no checkpoint')
     saved = {_strip_value(mesh_lib._path_str(p)): x  # pylint: disable=protected-access
@@ -616,7 +621,7 @@ class Harness:
       elif phase == 'done' and 'after' not in evals and c.rl_steps == 0:
         pass
 
-    self.checkpointer.wait()
+    self.checkpointer.close()
     summary = self._summary(evals, wall_before + time.perf_counter() - t_start)
     with open(os.path.join(self.workdir, 'summary.json'), 'w') as f:
       json.dump(summary, f, indent=1)

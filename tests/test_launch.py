@@ -127,6 +127,7 @@ def test_init_from_hf_and_from_workdir_load_the_weights(tmp_path):
   assert len(got) == len(want)
   for a, b in zip(got, want):
     np.testing.assert_array_equal(a, b)
+  h.close()
   # A finished run's checkpoint (here: written by hand) seeds --init_from_workdir.
   small = dict(base, d_model=16, num_layers=1, num_heads=2, ffn_dim=32)
   h0 = Harness(config_lib.Config(**small), str(tmp_path / 'src'))
@@ -135,10 +136,12 @@ def test_init_from_hf_and_from_workdir_load_the_weights(tmp_path):
   ckpt.save(3, {'train': ts.init_train_state(params, h0.sft_tx), 'rng': np.zeros(2, np.uint32)},
             {'layout': 'sft'})
   ckpt.close()
+  h0.close()
   h2 = Harness(config_lib.Config(init_from_workdir=str(tmp_path / 'src'), **small),
                str(tmp_path / 'b'))
   for a, b in zip(jax.tree.leaves(h2.init_params), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
+  h2.close()
 
 
 def test_corrupt_demonstrations_is_seeded_and_changes_only_answers():

@@ -254,7 +254,8 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
   """Builds `update(state, ref_params, batch, key) -> (state, metrics)`, jitted.
 
   Args:
-    graphdef: the model's graph definition (`nnx.split(model, nnx.Param)[0]`).
+    graphdef: the model's graph definition (`nnx.split(model)[0]`; the state it is merged
+      with is the parameters, `nnx.split(model)[1]`).
     tx: optax transformation (see `make_optimizer`).
     cfg: the loss configuration.
     group_size: completions per prompt G (groups are contiguous; mini-batches hold whole groups).
