@@ -5,15 +5,25 @@
     python benchmarks/estimators.py --train_step         # + overhead inside a model train step
 
 For each estimator the script first checks, on the benchmark inputs, that the PyTorch version
-computes the same loss and gradient as rljax (printed as max relative error), then times
-`jax.jit(jax.value_and_grad(loss, has_aux=True))` (rljax computes its metrics too) against
-`loss.backward()` in eager PyTorch (loss only), both on the host CPU with the same thread count,
-and prints the median of `--reps` timed calls and the ratio. Goal (issue 3): every estimator at
-least 2x faster than eager PyTorch.
+computes the same loss and gradient as rljax (printed as max relative error), then times, on the
+host CPU with the same thread count (median of `--reps` calls):
 
-`--train_step` times a forward + backward of the tiny Transformer (batch 16 x 128) whose loss is
-each estimator, against the same step with the plain token-mean log-likelihood, and prints the
-estimator's share of the step (goal: under 5%).
+  rljax     `jax.jit(jax.value_and_grad(lambda lp: loss_fn(lp, ...).loss))`: the loss and its
+            gradient only; XLA drops the unused diagnostics;
+  +diag     `jax.jit(jax.value_and_grad(loss_fn, has_aux=True))`: also every diagnostic in
+            `metrics` (ratio statistics, clip fractions, ESS, ...), as a train step uses it;
+  torch     `loss.backward()` of the same loss in eager PyTorch (no diagnostics).
+
+The speed-up is torch / rljax, the like-for-like comparison (the same loss and gradient on both
+sides). The three are timed in alternating blocks, so that they see the same machine load.
+Goal (issue 3): every estimator at least 2x faster than eager PyTorch.
+
+`--train_step` measures what an estimator adds to a forward + backward step of the tiny
+Transformer (batch 16 x 128): the step with each estimator (and its diagnostics) against the same
+step with the plain token-mean log-likelihood, timed in alternation (baseline, estimator,
+baseline, ...) so that drift in the machine's speed cancels; and, as a check with far less noise,
+the estimator's own loss + gradient + diagnostics at that shape as a share of the baseline step.
+Goal: under 5%.
 """
 
 import argparse
@@ -259,6 +269,28 @@ def _median_time(fn, reps):
   return statistics.median(times)
 
 
+def _interleaved_medians(fns, reps, rounds=5):
+  """Median time of each function, timed in alternating blocks after a warm-up.
+
+  Each of `rounds` rounds times every function for ``reps // rounds`` calls in turn, so every
+  function sees the same drift in the machine's speed (other jobs, frequency changes), which on
+  shared 2-core machines moves millisecond timings by up to 2x. Blocks rather than single calls,
+  with a pause and an untimed call before each block: PyTorch's OpenMP threads keep spinning for
+  a while after a parallel region, and a JAX call timed right after a PyTorch call would compete
+  with them.
+  """
+  times = [[] for _ in fns]
+  for _ in range(rounds):
+    for fn, ts in zip(fns, times):
+      time.sleep(0.3)
+      fn()
+      for _ in range(max(reps // rounds, 1)):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+  return [statistics.median(ts) for ts in times]
+
+
 def bench_losses():
   x_np = make_inputs(ARGS.batch, ARGS.length, ARGS.group_size)
   x_j = {k: jnp.asarray(v) for k, v in x_np.items()}
@@ -267,7 +299,7 @@ def bench_losses():
   print(f"[B, T] = [{ARGS.batch}, {ARGS.length}] float32, {ARGS.threads} threads, "
         f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__}; "
         f"median of {ARGS.reps}")
-  print(f"{'estimator':28s} {'rljax ms':>9s} {'torch ms':>9s} {'speed-up':>9s} "
+  print(f"{'estimator':28s} {'rljax ms':>9s} {'+diag ms':>9s} {'torch ms':>9s} {'speed-up':>9s} "
         f"{'loss rel err':>13s} {'grad rel err':>13s}")
   ratios = {}
   for name, (jfn, tfn) in estimators(ARGS.group_size).items():
@@ -279,7 +311,10 @@ def bench_losses():
                                      jax.random.PRNGKey(0))
       xj["selection"], xt["t_selection"] = sel, torch.from_numpy(np.array(sel))
     vg = jax.jit(jax.value_and_grad(lambda lp, x: tuple(jfn(lp, x)), has_aux=True))
+    vg_loss = jax.jit(jax.value_and_grad(lambda lp, x: jfn(lp, x).loss))
     (jl, _), jg = vg(x_j["logp"], xj)
+    jl2, jg2 = vg_loss(x_j["logp"], xj)
+    np.testing.assert_allclose(np.asarray(jg2), np.asarray(jg), rtol=1e-6, atol=1e-9)
     lp_t = x_t["logp"].clone().requires_grad_(True)
     tl = tfn(xt, lp_t)
     tl.backward()
@@ -288,18 +323,19 @@ def bench_losses():
     grad_err = float(np.max(np.abs(np.asarray(jg) - g_t)) / max(np.max(np.abs(g_t)), 1e-12))
 
     def run_jax():
-      (l, aux), g = vg(x_j["logp"], x_j)
-      jax.block_until_ready((l, aux, g))
+      jax.block_until_ready(vg_loss(x_j["logp"], x_j))
+
+    def run_jax_diag():
+      jax.block_until_ready(vg(x_j["logp"], x_j))
 
     def run_torch():
       lp = x_t["logp"].clone().requires_grad_(True)
       tfn(x_t, lp).backward()
 
-    tj = _median_time(run_jax, ARGS.reps)
-    tt = _median_time(run_torch, ARGS.reps)
+    tj, tjd, tt = _interleaved_medians([run_jax, run_jax_diag, run_torch], ARGS.reps)
     ratios[name] = tt / tj
-    print(f"{name:28s} {1e3 * tj:9.2f} {1e3 * tt:9.2f} {tt / tj:8.2f}x {loss_err:13.1e} "
-          f"{grad_err:13.1e}")
+    print(f"{name:28s} {1e3 * tj:9.2f} {1e3 * tjd:9.2f} {1e3 * tt:9.2f} {tt / tj:8.2f}x "
+          f"{loss_err:13.1e} {grad_err:13.1e}")
   if ratios:
     worst = min(ratios, key=ratios.get)
     print(f"vs PyTorch eager: min {ratios[worst]:.2f}x ({worst}), "
@@ -325,20 +361,40 @@ def bench_train_step():
   for name, (jfn, _) in estimators(ARGS.group_size).items():
     losses[name] = jfn
   print(f"\ntrain step: tiny Transformer ({sum(v.size for v in jax.tree.leaves(state)) / 1e6:.2f}M "
-        f"params), batch {batch} x {length}, forward + backward, median of {ARGS.reps}")
-  base = None
-  for name, fn in losses.items():
-    def step_loss(st, x, fn=fn):
+        f"params), batch {batch} x {length}, forward + backward, {ARGS.reps} alternating pairs")
+  print(f"{'loss':38s} {'step ms':>8s} {'added ms':>9s} {'share':>7s}   "
+        f"{'alone ms':>8s} {'share':>6s}")
+
+  def make_step(fn):
+    def step_loss(st, x):
       lp = models.score_fn(graphdef, st, tokens, input_mask, x["mask"])
       out = fn(lp, x)
       return out.loss, out.metrics
-    step = jax.jit(jax.value_and_grad(step_loss, has_aux=True))
-    t = _median_time(lambda: jax.block_until_ready(step(state, x)), ARGS.reps)
-    if base is None:
-      base = t
-      print(f"{name:38s} {1e3 * t:8.1f} ms")
-    else:
-      print(f"{name:38s} {1e3 * t:8.1f} ms   estimator share {100 * (t - base) / t:+5.1f}%")
+    return jax.jit(jax.value_and_grad(step_loss, has_aux=True))
+
+  def timed(f):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f())
+    return time.perf_counter() - t0
+
+  base_name, base_fn = next(iter(losses.items()))
+  base_step = make_step(base_fn)
+  base_call = lambda: base_step(state, x)
+  base_time = _median_time(lambda: jax.block_until_ready(base_call()), ARGS.reps)
+  print(f"{base_name:38s} {1e3 * base_time:8.1f}")
+  for name, fn in list(losses.items())[1:]:
+    step = make_step(fn)
+    call = lambda: step(state, x)  # pylint: disable=cell-var-from-loop
+    call()
+    pairs = [(timed(base_call), timed(call)) for _ in range(ARGS.reps)]
+    t = statistics.median(p[1] for p in pairs)
+    added = statistics.median(p[1] - p[0] for p in pairs)
+    alone = jax.jit(jax.value_and_grad(lambda lp, x: tuple(fn(lp, x)), has_aux=True))  # pylint: disable=cell-var-from-loop
+    lp0 = models.score_fn(graphdef, state, tokens, input_mask, x["mask"])
+    t_alone = _median_time(lambda: jax.block_until_ready(alone(lp0, x)), ARGS.reps)  # pylint: disable=cell-var-from-loop
+    base = statistics.median(p[0] for p in pairs)
+    print(f"{name:38s} {1e3 * t:8.1f} {1e3 * added:+9.1f} {100 * added / t:+6.1f}%   "
+          f"{1e3 * t_alone:8.2f} {100 * t_alone / base:5.2f}%")
 
 
 if __name__ == "__main__":
