@@ -4,14 +4,15 @@
 
 For each batch size it prints tokens/s (new tokens only, B * max_new_tokens / seconds) of
 
-* rljax `sample` (prefill + cached decode in one jit; compile excluded, median of repeats);
+* rljax `sample` (prefill + cached decode in one jit; compile excluded);
 * Hugging Face `generate` on PyTorch (CPU, `use_cache=True`, `do_sample=True`, temperature 1,
   no top-k/top-p, the same config and weights, `torch.set_num_threads(--torch_threads)`);
 * a naive JAX loop that recomputes the whole prefix at every step (O(T^2) instead of O(T));
 * the compute bound: 2 * params FLOPs per generated token at the matmul throughput measured in the
   same run (a jitted `--matmul_size`^2 matmul in the model's dtype).
 
-Every figure comes from this run; compare ratios, not absolute numbers across machines. No
+rljax and HF are timed in alternating blocks (`--rounds` x `--repeats` calls each; medians), so
+that drift in the machine's speed affects both alike. Every figure comes from this run; compare ratios, not absolute numbers across machines. No
 figure is asserted: this is a measurement script.
 
 On a machine shared with other jobs, wall-clock ratios mislead (PyTorch's OpenMP threads
@@ -73,7 +74,8 @@ def _median_time(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def bench_rljax(model, prompts, mask, new_tokens, repeats, segment_size):
+def rljax_runner(model, prompts, mask, new_tokens, segment_size):
+  """Compiles rljax sampling; returns (run, compile seconds): `run()` samples once, new key."""
   graphdef, state = nnx.split(model)
   kw = dict(max_new_tokens=new_tokens, temperature=1.0, top_k=None, top_p=None, min_p=None,
             stop_tokens=(), pad_id=0, segment_size=segment_size)
@@ -81,11 +83,10 @@ def bench_rljax(model, prompts, mask, new_tokens, repeats, segment_size):
   compiled = sampler_lib._sample_jit.lower(graphdef, state, prompts, mask, jax.random.key(0),
                                            **kw).compile()
   compile_s = time.perf_counter() - t0
-  keys = iter(jax.random.split(jax.random.key(1), repeats + 1))
-  jax.block_until_ready(compiled(graphdef, state, prompts, mask, next(keys)))  # warm-up
-  sec = _median_time(lambda: jax.block_until_ready(
-      compiled(graphdef, state, prompts, mask, next(keys))), repeats)
-  return prompts.shape[0] * new_tokens / sec, compile_s
+  keys = iter(jax.random.split(jax.random.key(1), 10_000))
+  run = lambda: jax.block_until_ready(compiled(graphdef, state, prompts, mask, next(keys)))
+  run()  # warm-up
+  return run, compile_s
 
 
 def bench_naive(model, prompts, mask, new_tokens):
@@ -146,17 +147,39 @@ def hf_model_from(model, cfg):
   return hf
 
 
-def bench_hf(hf, prompts, mask, new_tokens, repeats):
+def hf_runner(hf, prompts, mask, new_tokens):
+  """`run()` samples once with Hugging Face `generate` (after a warm-up call)."""
   import torch
   ids = torch.from_numpy(np.asarray(prompts, np.int64))
   att = torch.from_numpy(np.asarray(mask, np.int64))
   kw = dict(attention_mask=att, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
             max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True,
             pad_token_id=0)
-  with torch.inference_mode():
-    hf.generate(ids, **kw)  # warm-up
-    sec = _median_time(lambda: hf.generate(ids, **kw), repeats)
-  return ids.shape[0] * new_tokens / sec
+
+  def run():
+    with torch.inference_mode():
+      hf.generate(ids, **kw)
+
+  run()  # warm-up
+  return run
+
+
+def alternating_medians(runs, repeats: int, rounds: int):
+  """Median seconds per call of each runner, timed in `rounds` alternating blocks.
+
+  Every round times `repeats` calls of each runner in turn, after a pause (PyTorch's OpenMP
+  threads spin for a while after their last parallel region and would compete with the next
+  block), so that drift in the machine's speed affects every runner alike.
+  """
+  times = [[] for _ in runs]
+  for _ in range(rounds):
+    for run, ts in zip(runs, times):
+      time.sleep(0.5)
+      for _ in range(repeats):
+        t0 = _clock()
+        run()
+        ts.append(_clock() - t0)
+  return [statistics.median(ts) for ts in times]
 
 
 def main():
@@ -165,7 +188,9 @@ def main():
   parser.add_argument("--batch_sizes", default="16,64")
   parser.add_argument("--prompt_len", type=int, default=32)
   parser.add_argument("--new_tokens", type=int, default=96)
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=3, help="timed calls per round")
+  parser.add_argument("--rounds", type=int, default=3,
+                      help="alternating rounds of rljax and HF blocks")
   parser.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: float32 on "
                       "CPU, bfloat16 on an accelerator)")
   parser.add_argument("--matmul_size", type=int, default=None,
@@ -211,11 +236,13 @@ def main():
   for b in [int(x) for x in args.batch_sizes.split(",")]:
     prompts = jnp.asarray(rng.randint(1, cfg.vocab_size, (b, args.prompt_len)), jnp.int32)
     mask = jnp.ones((b, args.prompt_len), jnp.int32)
-    tps, compile_s = bench_rljax(model, prompts, mask, args.new_tokens, args.repeats,
-                                 args.segment_size)
+    run, compile_s = rljax_runner(model, prompts, mask, args.new_tokens, args.segment_size)
+    runs = [run] + ([hf_runner(hf, prompts, mask, args.new_tokens)] if hf is not None else [])
+    secs = alternating_medians(runs, args.repeats, args.rounds)
+    tps = b * args.new_tokens / secs[0]
     parts = [f"batch {b}: rljax {tps:,.0f} tok/s (compile {compile_s:.1f} s)"]
     if hf is not None:
-      hf_tps = bench_hf(hf, prompts, mask, args.new_tokens, args.repeats)
+      hf_tps = b * args.new_tokens / secs[1]
       parts.append(f"HF generate {hf_tps:,.0f} tok/s | vs HF generate: {tps / hf_tps:.2f}x")
     if not args.skip_naive and b in naive_bs:
       naive_tps = bench_naive(model, prompts, mask, args.new_tokens)
