@@ -1,0 +1,62 @@
+"""The benchmark scripts run end to end on small shapes.
+
+`benchmarks/estimators.py` also checks every estimator's loss and gradient against an
+independent eager-PyTorch implementation and exits with an error on a mismatch, so this run is a
+parity test as well. No timing is asserted (speed goals are checked by the benchmarks, not here).
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# pylint: disable=g-import-not-at-top
+try:
+  import torch  # noqa: F401
+  import transformers  # noqa: F401
+  HAVE_TORCH = True
+except ImportError:  # a user's machine; scripts/test.sh installs both, so CI skips nothing
+  HAVE_TORCH = False
+
+needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason='torch and transformers are not installed')
+
+
+def _run(script, *args, timeout=600):
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  env.pop('XLA_FLAGS', None)  # the scripts set their own flags; no forced device count
+  result = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', script), *args],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+  assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+  return result.stdout
+
+
+@needs_torch
+def test_estimator_benchmark_matches_pytorch_for_every_estimator():
+  out = _run('estimators.py', '--batch', '16', '--length', '32', '--reps', '1', '--threads', '1',
+             '--pause', '0')
+  rows = [line for line in out.splitlines()
+          if re.search(r'\d+\.\d+x\s', line) and not line.startswith('vs ')]
+  assert len(rows) == 14, out
+  for line in rows:  # the last two columns are the loss and gradient relative errors
+    loss_err, grad_err = (float(v) for v in line.split()[-2:])
+    assert loss_err <= 1e-4 and grad_err <= 1e-4, line
+  assert 'vs PyTorch eager: min' in out
+
+
+@needs_torch
+def test_sampler_benchmark_runs():
+  out = _run('sampler.py', '--config', 'tiny', '--batch_sizes', '2', '--prompt_len', '4',
+             '--new_tokens', '4', '--repeats', '1', '--rounds', '1', '--matmul_size', '128',
+             '--naive_batch_sizes', '2', '--torch_threads', '1')
+  assert re.search(r'batch 2: rljax [\d,]+ tok/s .*vs HF generate: [\d.]+x.*vs naive: [\d.]+x'
+                   r'.*% of compute bound', out), out
+
+
+@needs_torch
+def test_train_step_benchmark_runs():
+  out = _run('train_step.py', '--config', 'tiny', '--batch', '2', '--seq', '16', '--steps', '1',
+             '--rounds', '1', '--warmup', '1', '--peak-size', '128', '--no-compile')
+  assert re.search(r'rljax [\d,]+ tok/s .*torch eager [\d,]+ tok/s .*ratio [\d.]+x', out), out
