@@ -2,7 +2,9 @@
 """Writes the top-level Bazel BUILD file from the source tree (a small, offline Gazelle).
 
 One `py_library` per package layer (DESIGN.md: estimators <- models <- sampling <- train; data;
-experiments) and one `py_test` per tests/test_*.py, with deps read from each file's imports.
+experiments; benchmarks), one `py_binary` per benchmark script, and one `py_test` per
+tests/test_*.py, with deps read from each file's imports (and on the benchmarks for a test that
+runs the scripts by path).
 `tests/test_build_file.py` fails when BUILD differs from what this script writes, so the Bazel
 mirror cannot drift from the package. Usage: python scripts/update_build.py [--check]
 """
@@ -21,6 +23,7 @@ LIBRARIES = [
     ("data", ["rljax/data/**/*.py"], "rljax.data"),
     ("train", ["rljax/train/**/*.py"], "rljax.train"),
     ("experiments", ["experiments/**/*.py"], "experiments"),
+    ("benchmarks", ["benchmarks/*.py"], "benchmarks"),
     ("test_utils", ["tests/[!t]*.py", "tests/t[!e]*.py", "tests/te[!s]*.py"], "tests"),
 ]
 DATA = {
@@ -99,9 +102,17 @@ def render():
       deps.add(":estimators")  # importing rljax.<sub> runs rljax/__init__.py
     block += f'    imports = ["."],\n    deps = {_list(sorted(deps))},\n)\n'
     parts.append(block)
+  for script in _files(["benchmarks/*.py"]):
+    name = "bench_" + pathlib.Path(script).stem
+    parts.append(
+        f'py_binary(\n    name = "{name}",\n    srcs = ["{script}"],\n    main = "{script}",\n'
+        f'    python_version = "PY3",\n    deps = [":benchmarks"],\n)\n')
   for test in _files(["tests/test_*.py"]):
     name = pathlib.Path(test).stem
-    deps = sorted(set(_deps([test])) | {":test_utils"})
+    deps = set(_deps([test])) | {":test_utils"}
+    if "'benchmarks'" in (ROOT / test).read_text():  # runs benchmarks/*.py by path
+      deps.add(":benchmarks")
+    deps = sorted(deps)
     parts.append(
         f'py_test(\n    name = "{name}",\n    size = "large",\n'
         f'    srcs = [\n        "{test}",\n        "tests/bazel_pytest.py",\n    ],\n'

@@ -25,7 +25,10 @@ needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason='torch and transformers 
 
 
 def _run(script, *args, timeout=600):
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  # This interpreter's path, so that the scripts see the same packages (under Bazel the
+  # virtual environment's site-packages are added at run time, not through the interpreter).
+  path = [ROOT] + [p for p in sys.path if p and os.path.isdir(p)]
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
   env.pop('XLA_FLAGS', None)  # the scripts set their own flags; no forced device count
   result = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', script), *args],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
