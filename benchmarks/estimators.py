@@ -15,7 +15,7 @@ host CPU with the same thread count (median of `--reps` calls):
   torch     `loss.backward()` of the same loss in eager PyTorch (no diagnostics).
 
 The speed-up is torch / rljax, the like-for-like comparison (the same loss and gradient on both
-sides). The three are timed in alternating blocks, so that they see the same machine load.
+sides). All JAX functions are timed, then all PyTorch ones, in 3 rounds (see `_phased_medians`).
 Goal (issue 3): every estimator at least 2x faster than eager PyTorch. The script exits
 with an error if any PyTorch loss or gradient differs from rljax's by more than 1e-4 (relative),
 so a small run (`--batch 16 --length 32 --reps 1`, as `tests/test_benchmarks.py` does) doubles as
@@ -47,8 +47,10 @@ def _parse():
   p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
   p.add_argument("--only", default="", help="comma-separated estimator names")
   p.add_argument("--train_step", action="store_true")
-  p.add_argument("--pause", type=float, default=0.3,
-                 help="seconds to wait before each timed block (lets PyTorch's threads idle)")
+  p.add_argument("--warmup", type=float, default=0.2,
+                 help="seconds of untimed calls before timing each function")
+  p.add_argument("--pause", type=float, default=1.0,
+                 help="seconds to wait after each timing phase (lets PyTorch's threads idle)")
   return p.parse_args()
 
 
@@ -278,26 +280,31 @@ def _median_time(fn, reps):
 PARITY_TOL = 1e-4  # relative; the [256, 4096] run's largest error is 2.3e-5 (GSPO's loss)
 
 
-def _interleaved_medians(fns, reps, rounds=5):
-  """Median time of each function, timed in alternating blocks after a warm-up.
+def _phased_medians(runners, reps, rounds=3):
+  """Median seconds per call of each runner, timed framework by framework, in rounds.
 
-  Each of `rounds` rounds times every function for ``reps // rounds`` calls in turn, so every
-  function sees the same drift in the machine's speed (other jobs, frequency changes), which on
-  shared 2-core machines moves millisecond timings by up to 2x. Blocks rather than single calls,
-  with a pause and an untimed call before each block: PyTorch's OpenMP threads keep spinning for
-  a while after a parallel region, and a JAX call timed right after a PyTorch call would compete
-  with them.
+  `runners` maps (estimator, column) to a function. Each round times every JAX runner
+  (``reps // rounds`` calls each, after `--warmup` seconds of untimed calls), pauses, then every PyTorch runner, and
+  pauses again. Keeping the frameworks in separate phases matters: PyTorch's OpenMP threads keep
+  spinning for a while after each parallel region and slow a JAX call made right after it, as
+  they would not in a process that runs one framework. Several rounds spread slow drift in the
+  machine's speed over both frameworks.
   """
-  times = [[] for _ in fns]
+  times = {k: [] for k in runners}
+  phases = [[k for k in runners if k[1] != "torch"], [k for k in runners if k[1] == "torch"]]
   for _ in range(rounds):
-    for fn, ts in zip(fns, times):
+    for phase in phases:
+      for k in phase:
+        warm_until = time.perf_counter() + ARGS.warmup
+        runners[k]()
+        while time.perf_counter() < warm_until:  # wake the thread pools and the CPU up
+          runners[k]()
+        for _ in range(max(reps // rounds, 1)):
+          t0 = time.perf_counter()
+          runners[k]()
+          times[k].append(time.perf_counter() - t0)
       time.sleep(ARGS.pause)
-      fn()
-      for _ in range(max(reps // rounds, 1)):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-  return [statistics.median(ts) for ts in times]
+  return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bench_losses():
@@ -310,7 +317,7 @@ def bench_losses():
         f"median of {ARGS.reps}")
   print(f"{'estimator':28s} {'rljax ms':>9s} {'+diag ms':>9s} {'torch ms':>9s} {'speed-up':>9s} "
         f"{'loss rel err':>13s} {'grad rel err':>13s}")
-  ratios, mismatches = {}, []
+  ratios, mismatches, runners, errors = {}, [], {}, {}
   for name, (jfn, tfn) in estimators(ARGS.group_size).items():
     if only and name not in only:
       continue
@@ -319,8 +326,8 @@ def bench_losses():
       sel = rljax.clip_cov_selection(x_j["logp"], x_j["old"], x_j["adv"], x_j["mask"],
                                      jax.random.PRNGKey(0))
       xj["selection"], xt["t_selection"] = sel, torch.from_numpy(np.array(sel))
-    vg = jax.jit(jax.value_and_grad(lambda lp, x: tuple(jfn(lp, x)), has_aux=True))
-    vg_loss = jax.jit(jax.value_and_grad(lambda lp, x: jfn(lp, x).loss))
+    vg = jax.jit(jax.value_and_grad(lambda lp, x, f=jfn: tuple(f(lp, x)), has_aux=True))
+    vg_loss = jax.jit(jax.value_and_grad(lambda lp, x, f=jfn: f(lp, x).loss))
     (jl, _), jg = vg(x_j["logp"], xj)
     jl2, jg2 = vg_loss(x_j["logp"], xj)
     np.testing.assert_allclose(np.asarray(jg2), np.asarray(jg), rtol=1e-6, atol=1e-9)
@@ -333,17 +340,16 @@ def bench_losses():
     if not (loss_err <= PARITY_TOL and grad_err <= PARITY_TOL):  # also catches NaN
       mismatches.append(f"{name} (loss rel err {loss_err:.1e}, grad rel err {grad_err:.1e})")
 
-    def run_jax():
-      jax.block_until_ready(vg_loss(x_j["logp"], x_j))
+    runners[(name, "jax")] = lambda vg_loss=vg_loss: jax.block_until_ready(
+        vg_loss(x_j["logp"], x_j))
+    runners[(name, "diag")] = lambda vg=vg: jax.block_until_ready(vg(x_j["logp"], x_j))
+    runners[(name, "torch")] = lambda tfn=tfn: tfn(
+        x_t, x_t["logp"].clone().requires_grad_(True)).backward()
+    errors[name] = (loss_err, grad_err)
 
-    def run_jax_diag():
-      jax.block_until_ready(vg(x_j["logp"], x_j))
-
-    def run_torch():
-      lp = x_t["logp"].clone().requires_grad_(True)
-      tfn(x_t, lp).backward()
-
-    tj, tjd, tt = _interleaved_medians([run_jax, run_jax_diag, run_torch], ARGS.reps)
+  med = _phased_medians(runners, ARGS.reps)
+  for name, (loss_err, grad_err) in errors.items():
+    tj, tjd, tt = med[(name, "jax")], med[(name, "diag")], med[(name, "torch")]
     ratios[name] = tt / tj
     print(f"{name:28s} {1e3 * tj:9.2f} {1e3 * tjd:9.2f} {1e3 * tt:9.2f} {tt / tj:8.2f}x "
           f"{loss_err:13.1e} {grad_err:13.1e}")

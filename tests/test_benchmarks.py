@@ -39,7 +39,7 @@ def _run(script, *args, timeout=600):
 @needs_torch
 def test_estimator_benchmark_matches_pytorch_for_every_estimator():
   out = _run('estimators.py', '--batch', '16', '--length', '32', '--reps', '1', '--threads', '1',
-             '--pause', '0')
+             '--pause', '0', '--warmup', '0')
   rows = [line for line in out.splitlines()
           if re.search(r'\d+\.\d+x\s', line) and not line.startswith('vs ')]
   assert len(rows) == 14, out
