@@ -169,12 +169,13 @@ def alternating_medians(runs, repeats: int, rounds: int):
 
   Every round times `repeats` calls of each runner in turn, after a pause (PyTorch's OpenMP
   threads spin for a while after their last parallel region and would compete with the next
-  block), so that drift in the machine's speed affects every runner alike.
+  block) and one untimed call, so that drift in the machine's speed affects every runner alike.
   """
   times = [[] for _ in runs]
   for _ in range(rounds):
     for run, ts in zip(runs, times):
       time.sleep(0.5)
+      run()  # untimed: the first call after a pause runs cold (idle thread pools, caches)
       for _ in range(repeats):
         t0 = _clock()
         run()
