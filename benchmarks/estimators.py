@@ -51,7 +51,12 @@ def _parse():
                  help="seconds of untimed calls before timing each function")
   p.add_argument("--pause", type=float, default=1.0,
                  help="seconds to wait after each timing phase (lets PyTorch's threads idle)")
-  return p.parse_args()
+  args = p.parse_args()
+  if args.reps < 1:
+    p.error(f"--reps must be >= 1, got {args.reps}")
+  if args.batch % args.group_size:
+    p.error(f"--batch={args.batch} must be a multiple of --group_size={args.group_size}")
+  return args
 
 
 ARGS = _parse()
@@ -283,12 +288,12 @@ PARITY_TOL = 1e-4  # relative; the [256, 4096] run's largest error is 2.3e-5 (GS
 def _phased_medians(runners, reps, rounds=3):
   """Median seconds per call of each runner, timed framework by framework, in rounds.
 
-  `runners` maps (estimator, column) to a function. Each round times every JAX runner
-  (``reps // rounds`` calls each, after `--warmup` seconds of untimed calls), pauses, then every PyTorch runner, and
-  pauses again. Keeping the frameworks in separate phases matters: PyTorch's OpenMP threads keep
-  spinning for a while after each parallel region and slow a JAX call made right after it, as
-  they would not in a process that runs one framework. Several rounds spread slow drift in the
-  machine's speed over both frameworks.
+  `runners` maps (estimator, column) to a function. Each round times every JAX runner (``reps //
+  rounds`` calls each, after `--warmup` seconds of untimed calls), pauses, then every PyTorch
+  runner, and pauses again. Keeping the frameworks in separate phases matters: PyTorch's OpenMP
+  threads keep spinning for a while after each parallel region and slow a JAX call made right
+  after it, as they would not in a process that runs one framework. Several rounds spread slow
+  drift in the machine's speed over both frameworks.
   """
   times = {k: [] for k in runners}
   phases = [[k for k in runners if k[1] != "torch"], [k for k in runners if k[1] == "torch"]]
@@ -329,8 +334,8 @@ def bench_losses():
     vg = jax.jit(jax.value_and_grad(lambda lp, x, f=jfn: tuple(f(lp, x)), has_aux=True))
     vg_loss = jax.jit(jax.value_and_grad(lambda lp, x, f=jfn: f(lp, x).loss))
     (jl, _), jg = vg(x_j["logp"], xj)
-    jl2, jg2 = vg_loss(x_j["logp"], xj)
-    np.testing.assert_allclose(np.asarray(jg2), np.asarray(jg), rtol=1e-6, atol=1e-9)
+    _, jg_loss_only = vg_loss(x_j["logp"], xj)  # dropping the diagnostics changes nothing
+    np.testing.assert_allclose(np.asarray(jg_loss_only), np.asarray(jg), rtol=1e-6, atol=1e-9)
     lp_t = x_t["logp"].clone().requires_grad_(True)
     tl = tfn(xt, lp_t)
     tl.backward()
@@ -401,16 +406,16 @@ def bench_train_step():
   base_call = lambda: base_step(state, x)
   base_time = _median_time(lambda: jax.block_until_ready(base_call()), ARGS.reps)
   print(f"{base_name:38s} {1e3 * base_time:8.1f}")
+  lp0 = models.score_fn(graphdef, state, tokens, input_mask, x["mask"])  # for the standalone time
   for name, fn in list(losses.items())[1:]:
     step = make_step(fn)
-    call = lambda: step(state, x)  # pylint: disable=cell-var-from-loop
+    call = lambda step=step: step(state, x)
     call()
     pairs = [(timed(base_call), timed(call)) for _ in range(ARGS.reps)]
     t = statistics.median(p[1] for p in pairs)
     added = statistics.median(p[1] - p[0] for p in pairs)
-    alone = jax.jit(jax.value_and_grad(lambda lp, x: tuple(fn(lp, x)), has_aux=True))  # pylint: disable=cell-var-from-loop
-    lp0 = models.score_fn(graphdef, state, tokens, input_mask, x["mask"])
-    t_alone = _median_time(lambda: jax.block_until_ready(alone(lp0, x)), ARGS.reps)  # pylint: disable=cell-var-from-loop
+    alone = jax.jit(jax.value_and_grad(lambda lp, x, f=fn: tuple(f(lp, x)), has_aux=True))
+    t_alone = _median_time(lambda alone=alone: jax.block_until_ready(alone(lp0, x)), ARGS.reps)
     base = statistics.median(p[0] for p in pairs)
     print(f"{name:38s} {1e3 * t:8.1f} {1e3 * added:+9.1f} {100 * added / t:+6.1f}%   "
           f"{1e3 * t_alone:8.2f} {100 * t_alone / base:5.2f}%")

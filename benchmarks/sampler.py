@@ -12,8 +12,9 @@ For each batch size it prints tokens/s (new tokens only, B * max_new_tokens / se
   same run (a jitted `--matmul_size`^2 matmul in the model's dtype).
 
 rljax and HF are timed in alternating blocks (`--rounds` x `--repeats` calls each; medians), so
-that drift in the machine's speed affects both alike. Every figure comes from this run; compare ratios, not absolute numbers across machines. No
-figure is asserted: this is a measurement script.
+that drift in the machine's speed affects both alike. Every figure comes from this run; compare
+ratios, not absolute numbers across machines. No figure is asserted: this is a measurement
+script.
 
 On a machine shared with other jobs, wall-clock ratios mislead (PyTorch's OpenMP threads
 degrade far more than XLA's under oversubscription). `--single_thread` runs both frameworks on
@@ -205,6 +206,9 @@ def main():
   parser.add_argument("--naive_batch_sizes", default="16",
                       help="batch sizes at which to run the slow O(T^2) loop")
   args = parser.parse_args()
+  for flag in ("repeats", "rounds"):
+    if getattr(args, flag) < 1:
+      parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
 
   backend = jax.default_backend()
   dtype = args.dtype or ("float32" if backend == "cpu" else "bfloat16")
