@@ -63,3 +63,11 @@ def test_train_step_benchmark_runs():
   out = _run('train_step.py', '--config', 'tiny', '--batch', '2', '--seq', '16', '--steps', '1',
              '--rounds', '1', '--warmup', '1', '--peak-size', '128', '--no-compile')
   assert re.search(r'rljax [\d,]+ tok/s .*torch eager [\d,]+ tok/s .*ratio [\d.]+x', out), out
+
+
+def test_sampler_breakdown_runs():
+  out = _run('sampler_breakdown.py', '--batch', '2', '--prompt_len', '4', '--new_tokens', '4',
+             '--repeats', '1', '--rounds', '1')
+  for name in ('full sampler', 'without attention', 'without rotary embeddings',
+               'without sampling (argmax)'):
+    assert re.search(rf'^{re.escape(name)} +[\d.]+ ms per step', out, re.M), out
