@@ -88,6 +88,14 @@ def test_token_covariance_matches_numpy():
                              np_cov(logp, adv, mask), rtol=1e-5, atol=1e-6)
 
 
+def test_token_covariance_with_sequence_advantages_matches_numpy():
+  logp, _, _, mask = make_batch(4)
+  seq_adv = np.random.default_rng(4).normal(0.0, 2.0, logp.shape[0]).astype(np.float32)
+  got = jax.jit(rljax.token_covariance)(logp, seq_adv, mask)  # the [B] path: A_i |y_i| sums
+  want = np_cov(logp, np.broadcast_to(seq_adv[:, None], logp.shape), mask)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_kl_cov_selection_values_and_gradients_match_numpy(seed):
   logp, old, adv, mask = make_batch(seed)
@@ -178,6 +186,28 @@ def test_clip_cov_selection_is_deterministic_and_uniform_over_candidates():
   sigma = np.sqrt(k / c * (1 - k / c) / len(keys))
   np.testing.assert_allclose(freq, k / c, atol=5 * sigma)
   assert len({s.tobytes() for s in sels}) > 1
+
+
+def test_clip_cov_priorities_are_uniform_and_independent():
+  """Both Threefry words of each block are used: the two halves of a row must not be related."""
+  from rljax._src import entropy_cov  # pylint: disable=g-import-not-at-top
+  p = np.asarray(entropy_cov._uniform_priority(jax.random.PRNGKey(7), (64, 1001)), np.float64)
+  assert p.shape == (64, 1001) and p.min() >= 0.0 and p.max() < 1.0
+  # Kolmogorov-Smirnov distance to U[0, 1): 5.6e-3 is the 0.1% critical value at n = 64 064.
+  x = np.sort(p.ravel())
+  n = x.size
+  ks = max(np.max(np.arange(1, n + 1) / n - x), np.max(x - np.arange(n) / n))
+  assert ks < 1.95 / np.sqrt(n)
+  a, b = p[:, :500].ravel(), p[:, 501:].ravel()  # the two words of the same blocks
+  assert abs(np.corrcoef(a, b)[0, 1]) < 4 / np.sqrt(a.size)
+  assert len(np.unique(p)) > 0.99 * n
+  raw = entropy_cov._uniform_priority(jax.random.PRNGKey(7), (3, 5))
+  typed = entropy_cov._uniform_priority(jax.random.key(7), (3, 5))
+  np.testing.assert_array_equal(np.asarray(raw), np.asarray(typed))
+  other = entropy_cov._uniform_priority(jax.random.PRNGKey(8), (3, 5))
+  assert not np.array_equal(np.asarray(raw), np.asarray(other))
+  rbg = entropy_cov._uniform_priority(jax.random.key(7, impl="rbg"), (3, 5))  # falls back
+  assert rbg.shape == (3, 5) and bool(jnp.all((rbg >= 0) & (rbg < 1)))
 
 
 @jax.jit

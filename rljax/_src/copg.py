@@ -88,18 +88,20 @@ def copg_loss(logp: jax.Array,
   validation.check_positive("beta", beta)
   m = validation.mask_as_float(mask)
   valid = m > 0
-  seq_logp = jnp.sum(jnp.where(valid, logp.astype(jnp.float32), 0.0) * m, axis=-1)
-  seq_ref = jax.lax.stop_gradient(
-      jnp.sum(jnp.where(valid, ref_logp.astype(jnp.float32), 0.0) * m, axis=-1))
+  # log π(y) − log π_ref(y) as one masked row sum of the token differences: only the difference
+  # enters the loss, and one reduction reads the mask once (two separate sums cost ~1.6x the
+  # time on the CPU, where this memory-bound loss is timed).
+  ref = jax.lax.stop_gradient(ref_logp.astype(jnp.float32))
+  seq_logratio = jnp.sum(jnp.where(valid, (logp.astype(jnp.float32) - ref) * m, 0.0), axis=-1)
   r = jax.lax.stop_gradient(jnp.asarray(rewards, jnp.float32))
-  reg = (r - beta * (seq_logp - seq_ref)).reshape(-1, group_size)
+  reg = (r - beta * seq_logratio).reshape(-1, group_size)
   centred = reg - jnp.mean(reg, axis=1, keepdims=True)
   # mean over pairs of (a_i - a_j)^2 / (4 beta) == sum_i (a_i - mean)^2 / (2 beta (G - 1)).
   per_group = jnp.sum(jnp.square(centred), axis=1) / (2.0 * beta * (group_size - 1))
   num_groups = per_group.shape[0] if normalizer is None else normalizer
   loss = jnp.sum(per_group) / jnp.maximum(jnp.asarray(num_groups, jnp.float32), 1.0)
   metrics = {
-      "kl_seq": jnp.mean(seq_logp - seq_ref),
+      "kl_seq": jnp.mean(seq_logratio),
       "regularized_reward_mean": jnp.mean(reg),
       "regularized_reward_var": jnp.mean(per_group) * 2.0 * beta,
   }

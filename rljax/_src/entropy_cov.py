@@ -21,6 +21,7 @@ on micro-batches.
 from typing import Optional, Tuple
 
 import jax
+import jax.extend.random  # pylint: disable=unused-import  (jax.extend.random.threefry2x32_p)
 import jax.numpy as jnp
 
 from rljax._src import aggregation as agg_lib
@@ -39,10 +40,39 @@ def _check_fraction(name: str, value) -> None:
 
 def _num_selected(fraction: float, valid: jax.Array) -> Tuple[jax.Array, int]:
   """max(floor(fraction * N), 1) with N the number of valid tokens; and its static upper bound."""
-  n = jnp.sum(valid.astype(jnp.int32))
+  # Row counts in float32 (exact below 2**24 tokens a row; a float reduction is several times
+  # faster than an int32 one on the CPU), summed over rows in int32 (exact for any batch).
+  n = jnp.sum(jnp.sum(valid.astype(jnp.float32), axis=-1).astype(jnp.int32))
   k = jnp.maximum(jnp.floor(fraction * n.astype(jnp.float32)).astype(jnp.int32), 1)
   k_max = min(max(int(fraction * valid.size), 1), valid.size)
   return jnp.minimum(k, k_max), k_max
+
+
+def _uniform_priority(key: jax.Array, shape: Tuple[int, int]) -> jax.Array:
+  """Uniform [0, 1) float32 priorities of shape [B, T], deterministic given `key`.
+
+  `jax.random.uniform` spends one Threefry-2x32 block per number and XORs its two output words;
+  here each block gives two numbers (both words: block (i, j) of a [B, ceil(T/2)] counter grid
+  gives entries (i, j) and (i, ceil(T/2) + j)), half the hashing, which dominates Clip-Cov's
+  selection on the CPU. Each word is an independent uniform 32-bit output of the Threefry
+  stream, mapped to a float with 23 random mantissa bits as `jax.random.uniform` does. Keys of
+  another PRNG implementation (e.g. ``impl='rbg'``) use `jax.random.uniform`.
+  """
+  rows, cols = shape
+  half = (cols + 1) // 2
+  typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+  if typed and str(jax.random.key_impl(key)) != "threefry2x32":
+    return jax.random.uniform(key, shape)
+  data = jax.random.key_data(key) if typed else key
+  if data.shape != (2,) or rows * half >= 2**32:
+    return jax.random.uniform(key, shape)
+  counts = jnp.arange(rows * half, dtype=jnp.uint32).reshape(rows, half)
+  data = data.astype(jnp.uint32)
+  bits_a, bits_b = jax.extend.random.threefry2x32_p.bind(data[0], data[1],
+                                                         jnp.zeros_like(counts), counts)
+  bits = jnp.concatenate([bits_a, bits_b], axis=1)[:, :cols]
+  one_to_two = jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32)
+  return one_to_two - 1.0
 
 
 def _top_k_mask(scores: jax.Array, eligible: jax.Array, k: jax.Array, k_max: int) -> jax.Array:
@@ -75,11 +105,20 @@ def token_covariance(logp: jax.Array, advantages: jax.Array, mask: jax.Array) ->
   validation.check_token_inputs(logp, mask)
   m = validation.mask_as_float(mask)
   valid = m > 0
-  lp = jax.lax.stop_gradient(jnp.where(valid, logp.astype(jnp.float32), 0.0))
-  adv = jax.lax.stop_gradient(validation.advantages_as_tokens(advantages, logp))
-  adv = jnp.where(valid, adv, 0.0)
-  cov = (lp - agg_lib.masked_mean(lp, m)) * (adv - agg_lib.masked_mean(adv, m))
-  return jnp.where(valid, cov, 0.0)
+  lp = jax.lax.stop_gradient(logp.astype(jnp.float32))
+  count = jnp.maximum(jnp.sum(m), 1.0)  # the denominator of `rljax.masked_mean`
+  # Each mean is one masked sum with the selection outside the product (it fuses into the
+  # reduction on the CPU; `where(valid, x, 0) * m` materialises the selected copy first).
+  lp_mean = jnp.sum(jnp.where(valid, lp * m, 0.0)) / count
+  adv = jax.lax.stop_gradient(jnp.asarray(advantages, jnp.float32))
+  if adv.ndim == 1:  # sequence advantages: the token mean is a sum over rows of A_i |y_i|
+    validation.check_shape("advantages", adv, (logp.shape[0],))
+    adv_mean = jnp.sum(adv * jnp.sum(jnp.maximum(m, 0.0), axis=-1)) / count
+    adv = adv[:, None]
+  else:
+    validation.check_shape("advantages", adv, logp.shape)
+    adv_mean = jnp.sum(jnp.where(valid, adv * m, 0.0)) / count
+  return jnp.where(valid, (lp - lp_mean) * (adv - adv_mean), 0.0)
 
 
 def _ppo_terms(d, adv, epsilon_low, epsilon_high):
@@ -106,8 +145,8 @@ def clip_cov_selection(logp: jax.Array,
   Candidates are valid tokens with ``cov_lower < Cov_i < cov_upper`` (strict, as in the paper's
   code) that PPO-clip has not already clipped; ``max(floor(clip_ratio * N), 1)`` of them (N the
   number of valid tokens; all of them if there are fewer) are drawn uniformly without
-  replacement: each candidate gets a priority ``jax.random.uniform(key, logp.shape)`` and the
-  highest priorities win. Deterministic given `key` and independent of how the batch is sharded.
+  replacement: each candidate gets an independent uniform priority from `key`'s Threefry stream
+  (both 32-bit words of each block, see `_uniform_priority`) and the highest priorities win. Deterministic given `key` and independent of how the batch is sharded.
 
   Args:
     logp, old_logp: [B, T] current and old log-probs.
@@ -131,7 +170,7 @@ def clip_cov_selection(logp: jax.Array,
   unclipped, clipped = _ppo_terms(d, adv, epsilon_low, epsilon_high)
   cov = token_covariance(logp, advantages, mask)
   candidate = valid & ~(clipped > unclipped) & (cov > cov_lower) & (cov < cov_upper)
-  priority = jax.random.uniform(key, logp.shape)
+  priority = _uniform_priority(key, logp.shape)
   k, k_max = _num_selected(clip_ratio, valid)
   return _top_k_mask(priority, candidate, k, k_max)
 
