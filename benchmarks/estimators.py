@@ -15,7 +15,7 @@ host CPU with the same thread count (median of `--reps` calls):
   torch     `loss.backward()` of the same loss in eager PyTorch (no diagnostics).
 
 The speed-up is torch / rljax, the like-for-like comparison (the same loss and gradient on both
-sides). All JAX functions are timed, then all PyTorch ones, in 3 rounds (see `_phased_medians`).
+sides). All JAX functions are timed, then all PyTorch ones, in `--rounds` rounds (see `_phased_medians`).
 Goal (issue 3): every estimator at least 2x faster than eager PyTorch. The script exits
 with an error if any PyTorch loss or gradient differs from rljax's by more than 1e-4 (relative),
 so a small run (`--batch 16 --length 32 --reps 1`, as `tests/test_benchmarks.py` does) doubles as
@@ -44,6 +44,8 @@ def _parse():
   p.add_argument("--length", type=int, default=4096)
   p.add_argument("--group_size", type=int, default=8)
   p.add_argument("--reps", type=int, default=7)
+  p.add_argument("--rounds", type=int, default=3,
+                 help="timing rounds; each times every function reps // rounds times")
   p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
   p.add_argument("--only", default="", help="comma-separated estimator names")
   p.add_argument("--train_step", action="store_true")
@@ -54,6 +56,8 @@ def _parse():
   args = p.parse_args()
   if args.reps < 1:
     p.error(f"--reps must be >= 1, got {args.reps}")
+  if args.rounds < 1:
+    p.error(f"--rounds must be >= 1, got {args.rounds}")
   if args.batch % args.group_size:
     p.error(f"--batch={args.batch} must be a multiple of --group_size={args.group_size}")
   return args
@@ -290,16 +294,18 @@ def _phased_medians(runners, reps, rounds=3):
 
   `runners` maps (estimator, column) to a function. Each round times every JAX runner (``reps //
   rounds`` calls each, after `--warmup` seconds of untimed calls), pauses, then every PyTorch
-  runner, and pauses again. Keeping the frameworks in separate phases matters: PyTorch's OpenMP
-  threads keep spinning for a while after each parallel region and slow a JAX call made right
-  after it, as they would not in a process that runs one framework. Several rounds spread slow
-  drift in the machine's speed over both frameworks.
+  runner, and pauses again; each round starts at a different function, since the first one after
+  a pause runs in different conditions. Keeping the frameworks in separate phases matters:
+  PyTorch's OpenMP threads keep spinning for a while after each parallel region and slow a JAX
+  call made right after it, as they would not in a process that runs one framework. Several
+  rounds spread slow drift in the machine's speed over both frameworks.
   """
   times = {k: [] for k in runners}
   phases = [[k for k in runners if k[1] != "torch"], [k for k in runners if k[1] == "torch"]]
-  for _ in range(rounds):
+  for r in range(rounds):
     for phase in phases:
-      for k in phase:
+      shift = r * len(phase) // rounds  # rotate the order so no function is always first
+      for k in phase[shift:] + phase[:shift]:
         warm_until = time.perf_counter() + ARGS.warmup
         runners[k]()
         while time.perf_counter() < warm_until:  # wake the thread pools and the CPU up
@@ -352,7 +358,7 @@ def bench_losses():
         x_t, x_t["logp"].clone().requires_grad_(True)).backward()
     errors[name] = (loss_err, grad_err)
 
-  med = _phased_medians(runners, ARGS.reps)
+  med = _phased_medians(runners, ARGS.reps, ARGS.rounds)
   for name, (loss_err, grad_err) in errors.items():
     tj, tjd, tt = med[(name, "jax")], med[(name, "diag")], med[(name, "torch")]
     ratios[name] = tt / tj
