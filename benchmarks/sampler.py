@@ -5,8 +5,9 @@
 For each batch size it prints tokens/s (new tokens only, B * max_new_tokens / seconds) of
 
 * rljax `sample` (prefill + cached decode in one jit; compile excluded);
-* Hugging Face `generate` on PyTorch (CPU, `use_cache=True`, `do_sample=True`, temperature 1,
-  no top-k/top-p, the same config and weights, `torch.set_num_threads(--torch_threads)`);
+* Hugging Face `generate` on PyTorch (`use_cache=True`, `do_sample=True`, temperature 1, no
+  top-k/top-p, the same config and weights; on the CPU with `torch.set_num_threads(
+  --torch_threads)`, on CUDA when JAX runs on a GPU);
 * a naive JAX loop that recomputes the whole prefix at every step (O(T^2) instead of O(T));
 * the compute bound: 2 * params FLOPs per generated token at the matmul throughput measured in the
   same run (a jitted `--matmul_size`^2 matmul in the model's dtype).
@@ -118,8 +119,8 @@ def bench_naive(model, prompts, mask, new_tokens):
   return b * new_tokens / sec
 
 
-def hf_model_from(model, cfg):
-  """A transformers LlamaForCausalLM/Qwen2ForCausalLM with the same weights (copied).
+def hf_model_from(model, cfg, device="cpu"):
+  """A transformers LlamaForCausalLM/Qwen2ForCausalLM with the same weights, on `device`.
 
   Built in memory from the same config (not through `rljax.models.hf.to_hf`, so the benchmark
   writes no files).
@@ -145,14 +146,15 @@ def hf_model_from(model, cfg):
     raise RuntimeError(f"weight copy mismatch: missing {missing}, unexpected {unexpected}")
   if cfg.tie_embeddings:
     hf.tie_weights()
-  return hf
+  return hf.to(device)
 
 
 def hf_runner(hf, prompts, mask, new_tokens):
   """`run()` samples once with Hugging Face `generate` (after a warm-up call)."""
   import torch
-  ids = torch.from_numpy(np.asarray(prompts, np.int64))
-  att = torch.from_numpy(np.asarray(mask, np.int64))
+  device = next(hf.parameters()).device
+  ids = torch.from_numpy(np.asarray(prompts, np.int64)).to(device)
+  att = torch.from_numpy(np.asarray(mask, np.int64)).to(device)
   kw = dict(attention_mask=att, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
             max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True,
             pad_token_id=0)
@@ -160,6 +162,8 @@ def hf_runner(hf, prompts, mask, new_tokens):
   def run():
     with torch.inference_mode():
       hf.generate(ids, **kw)
+    if device.type == "cuda":
+      torch.cuda.synchronize()
 
   run()  # warm-up
   return run
@@ -226,14 +230,17 @@ def main():
   print(f"compute bound: {bound:,.0f} tok/s (2 x {cfg.num_params:,} params FLOPs per token at "
         "the measured matmul rate)")
   hf = None
-  if not args.skip_hf and backend != "cpu":
-    print(f"Hugging Face comparison skipped: JAX runs on {backend} and the peer here is "
-          "PyTorch on CPU.")
-  elif not args.skip_hf:
+  if not args.skip_hf:
     try:
       import torch  # pylint: disable=g-import-not-at-top
       torch.set_num_threads(1 if args.single_thread else args.torch_threads)
-      hf = hf_model_from(model, cfg)
+      device = "cpu" if backend == "cpu" else "cuda"
+      if device == "cuda" and not (backend == "gpu" and torch.cuda.is_available()):
+        print(f"Hugging Face comparison skipped: JAX runs on {backend} and PyTorch sees no "
+              "CUDA device.")
+      else:
+        hf = hf_model_from(model, cfg, device)
+        print(f"Hugging Face generate runs on PyTorch {torch.__version__}, {device}")
     except ImportError as e:
       print(f"Hugging Face comparison skipped: {e}")
   naive_bs = {int(b) for b in args.naive_batch_sizes.split(",") if b}
