@@ -15,8 +15,8 @@ host CPU with the same thread count (median of `--reps` calls):
   torch     `loss.backward()` of the same loss in eager PyTorch (no diagnostics).
 
 The speed-up is torch / rljax, the like-for-like comparison (the same loss and gradient on both
-sides). All JAX functions are timed, then all PyTorch ones, in `--rounds` rounds (see `_phased_medians`).
-Goal (issue 3): every estimator at least 2x faster than eager PyTorch. The script exits
+sides). All JAX functions are timed, then all PyTorch ones, in `--rounds` rounds (see
+`_phased_medians`). Goal (issue 3): every estimator at least 2x faster than eager PyTorch. The script exits
 with an error if any PyTorch loss or gradient differs from rljax's by more than 1e-4 (relative),
 so a small run (`--batch 16 --length 32 --reps 1`, as `tests/test_benchmarks.py` does) doubles as
 a check against independent PyTorch implementations.
@@ -199,7 +199,8 @@ def t_kl_cov(x, lp, ratio=2e-3, coef=1.0):
   m, a = x["mask"], x["adv"][:, None]
   cov = _t_cov(x, lp)
   k = max(1, int(ratio * float(m.sum())))
-  idx = torch.topk(torch.where(m > 0, cov, torch.full_like(cov, -float("inf"))).flatten(), k).indices
+  scores = torch.where(m > 0, cov, torch.full_like(cov, -float("inf"))).flatten()
+  idx = torch.topk(scores, k).indices
   sel = torch.zeros(cov.numel(), dtype=torch.bool)
   sel[idx] = True
   sel = sel.view_as(cov)
