@@ -35,6 +35,8 @@ if "--single_thread" in sys.argv:  # must precede the first `import jax`
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
                              "false intra_op_parallelism_threads=1").strip()
 _clock = time.process_time if "--single_thread" in sys.argv else time.perf_counter
+# PyTorch runs in the same process: on a GPU, JAX must not take most of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position

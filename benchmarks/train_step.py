@@ -78,6 +78,9 @@ if ARGS is not None and not ARGS.no_ynn_fusion and not _on_gpu():
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_cpu_experimental_ynn_fusion_type=dot,reduce").strip()
 
+# PyTorch runs in the same process: on a GPU, JAX must not take most of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position

@@ -12,8 +12,8 @@
 #      script measures a matmul peak instead;
 #   2. sampling tokens/s of the same shape against Hugging Face `generate` on the same GPU.
 # TRAIN_ARGS adds flags to the train-step script (e.g. --no-compile to skip torch.compile).
-# Every log is also written under $OUT (default /tmp/gpu_bench). JAX does not preallocate GPU
-# memory here, so that PyTorch, timed in the same process, can allocate too.
+# Every log is also written under $OUT (default /tmp/gpu_bench). Both scripts keep JAX from
+# preallocating GPU memory, so that PyTorch, timed in the same process, can allocate too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_bench}
@@ -26,7 +26,6 @@ SAMPLE_BATCHES=${SAMPLE_BATCHES:-16,64}
 PY=${PY:-python3}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
 
 {
   date -u
