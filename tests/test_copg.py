@@ -32,7 +32,7 @@ def np_copg(logp, ref_logp, rewards, m, group_size, beta):
   """Mean over groups of the mean over all pairs i < j of (a_i - a_j)^2 / (4 beta), and its
   gradient, by explicit enumeration of the pairs (float64)."""
   logp, ref_logp, rewards, m = (np.asarray(x, np.float64) for x in (logp, ref_logp, rewards, m))
-  valid = m > 0
+  valid = m != 0  # a weight-0 token is left out, whatever its log-probs hold
   s = (np.where(valid, logp, 0.0) * m).sum(-1)
   s_ref = (np.where(valid, ref_logp, 0.0) * m).sum(-1)
   a = rewards - beta * (s - s_ref)
@@ -270,6 +270,39 @@ def test_extreme_inputs_give_finite_loss_and_gradients(seed, scale, empty):
   assert np.all(np.isfinite(np.asarray(grad)))
   assert np.all(np.asarray(grad)[mask == 0] == 0.0)
   assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
+def test_weight_zero_tokens_holding_inf_or_nan_change_nothing():
+  # On the CPU the row sums are first taken without a select and redone with one only when some
+  # row is not finite: a batch whose weight-0 tokens hold inf / NaN takes the second path, the
+  # same batch with finite values there the first. Both must equal the NumPy reference exactly
+  # as far as float32 goes, fractional weights included.
+  logp, ref, rewards, _ = make_batch(12, b=4, t=5)
+  mask = np.array([[1, .5, 0, 1, 0], [0, 0, 0, 0, 0], [.25, 1, 1, 0, 1], [1, 1, 1, 1, 1]],
+                  np.float32)
+  want_loss, want_grad = np_copg(logp, ref, rewards, mask, 2, 0.5)
+  dirty_logp, dirty_ref = logp.copy(), ref.copy()
+  dirty_logp[mask == 0] = np.array([np.nan, -np.inf, np.inf, -1e30, np.nan, 3.0, -np.inf, np.nan])
+  dirty_ref[mask == 0] = np.array([1e4, np.nan, -np.inf, 2.0, np.inf, np.nan, 0.0, -np.inf])
+  for lp, rf in ((logp, ref), (dirty_logp, ref), (logp, dirty_ref), (dirty_logp, dirty_ref)):
+    (loss, metrics), grad = loss_and_grad(lp, rf, rewards, mask, 2, 0.5)
+    np.testing.assert_allclose(float(loss), want_loss, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-5, atol=1e-7)
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+  # A weight-1 token at -inf is a real infinite log-ratio: it must show, not be hidden.
+  bad = logp.copy()
+  bad[3, 2] = -np.inf
+  (loss, metrics), _ = loss_and_grad(bad, ref, rewards, mask, 2, 0.5)
+  assert not np.isfinite(float(metrics["kl_seq"]))
+
+
+def test_forward_mode_matches_reverse_mode():
+  logp, ref, rewards, mask = make_batch(13)
+  v = np.random.default_rng(0).normal(size=logp.shape).astype(np.float32)
+  fn = lambda lp: rljax.copg_loss(lp, ref, rewards, mask, 2, beta=0.5).loss
+  _, jvp = jax.jit(lambda lp, v: jax.jvp(fn, (lp,), (v,)))(logp, v)
+  _, grad = loss_and_grad(logp, ref, rewards, mask, 2, 0.5)
+  np.testing.assert_allclose(float(jvp), float(np.sum(np.asarray(grad) * v)), rtol=1e-5)
 
 
 def test_zero_variance_group_and_empty_batch():
