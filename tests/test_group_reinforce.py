@@ -426,7 +426,9 @@ def test_vmap_matches_a_loop():
   for i, b in enumerate(batches):
     ref = defaults_loss_and_grad(*b)
     for k in out:
-      np.testing.assert_allclose(float(out[k][i]), float(ref[k][0][0]), rtol=1e-6, err_msg=k)
+      # Under vmap the CPU's select-free row sums (aggregation.masked_row_sums) become the select
+      # form, which sums in another order: float32 rounding, 1.8e-6 relative on AsymRE.
+      np.testing.assert_allclose(float(out[k][i]), float(ref[k][0][0]), rtol=1e-5, err_msg=k)
 
 
 @jax.jit

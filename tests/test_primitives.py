@@ -196,6 +196,55 @@ def test_masked_metric_helpers():
     assert float(f(values, empty)) == 0.0
 
 
+def test_masked_row_sums_take_the_same_value_on_both_paths():
+  # On the CPU a finite select-free sum is kept and a non-finite one is redone with a select;
+  # weight-0 tokens holding inf / NaN force the second path. Both must equal NumPy's masked sum,
+  # and the derivative (forward and reverse) is the mask itself.
+  logp, blogp, _, mask = _data(3)
+  mask = mask * np.array([1.0, 0.5, 1.0, 2.0], np.float32)[:, None]  # fractional weights too
+  want = (np.where(mask != 0, logp.astype(np.float64) - blogp, 0.0) * mask).sum(1)
+  dirty = np.where(mask != 0, logp, np.array([np.nan, np.inf, -np.inf])[
+      np.arange(B * T).reshape(B, T) % 3]).astype(np.float32)
+  f = jax.jit(agg_lib.masked_row_sums)
+  for lp in (logp, dirty):
+    close(f(lp, mask, blogp), want)
+    close(f(lp, mask), (np.where(mask != 0, logp.astype(np.float64), 0.0) * mask).sum(1))
+    cot = np.arange(1.0, B + 1.0, dtype=np.float32)
+    g = jax.grad(lambda x: jnp.sum(f(x, mask, blogp) * cot))(jnp.asarray(lp))
+    close(g, cot[:, None] * mask)
+    _, tangent = jax.jvp(lambda x: f(x, mask, blogp), (jnp.asarray(lp),), (jnp.ones((B, T)),))
+    close(tangent, mask.sum(1))
+  # A weight-1 token at -inf is a real -inf and stays one.
+  bad = logp.copy()
+  bad[0, 0] = -np.inf
+  assert np.asarray(f(bad, mask))[0] == -np.inf
+
+
+@pytest.mark.parametrize("mode", rljax.AGGREGATION_MODES)
+def test_advantage_weighted_aggregate_from_row_sums_matches_token_form(mode):
+  # REINFORCE with sequence advantages aggregates from row sums of the log-probs; it must equal
+  # aggregate(-A * logp) with the advantages broadcast over tokens, value and gradient, with
+  # dirty weight-0 tokens, for every mode, with and without an external normalizer.
+  logp, _, _, mask = _data(4)
+  adv = np.array([1.5, -0.5, 2.0, -1.0], np.float32)
+  dirty = np.where(mask > 0, logp, np.array([np.nan, -np.inf])[
+      np.arange(B * T).reshape(B, T) % 2]).astype(np.float32)
+  for normalizer in (None, 7.0):
+    want = np_aggregate(-adv[:, None] * logp.astype(np.float64), mask, mode,
+                        normalizer=normalizer)
+    # The loss is linear in logp: its gradient is the NumPy loss of each unit matrix.
+    unit = np.eye(B * T).reshape(B * T, B, T)
+    want_grad = np.array([np_aggregate(-adv[:, None] * e, mask, mode, normalizer=normalizer)
+                          for e in unit]).reshape(B, T)
+    for a in (adv, np.broadcast_to(adv[:, None], (B, T))):
+      fn = lambda lp: agg_lib.aggregate_advantage_weighted(lp, a, mask, mode,
+                                                           normalizer=normalizer)
+      val, grad = jax.jit(jax.value_and_grad(fn))(jnp.asarray(dirty))
+      close(val, want)
+      close(grad, want_grad)
+      assert np.all(np.asarray(grad)[mask == 0] == 0)
+
+
 def test_aggregate_errors_name_the_argument():
   _, _, values, mask = _data()
   with pytest.raises(ValueError, match=r"aggregation='sum'.*token-mean.*seq-mean-token-sum-norm"):

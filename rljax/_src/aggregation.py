@@ -24,6 +24,63 @@ def _safe_divide(num, den):
   return num / jnp.maximum(den, 1.0)
 
 
+def _difference(a, b):
+  return a if b is None else a - b
+
+
+def _masked_row_sums_select(a, b, m):
+  return jnp.sum(jnp.where(m != 0, _difference(a, b) * m, 0.0), axis=-1)
+
+
+def _masked_row_sums_cpu(a, b, m):
+  # XLA:CPU runs a multiply-and-sum as one fused, multi-threaded YNNPACK reduction, but not a
+  # select: that becomes a separate pass writing the whole [B, T] product first (about 40% of
+  # CoPG's loss + gradient at [256, 4096] in benchmarks/estimators.py). Without the select, a
+  # weight-0 token holding inf or NaN makes its row's sum NaN (inf * 0 = NaN) and nothing else
+  # changes: a finite result is exact, and any other is recomputed with the select.
+  plain = jnp.sum(_difference(a, b) * m, axis=-1)
+  return jax.lax.cond(jnp.all(jnp.isfinite(plain)), lambda: plain,
+                      lambda: _masked_row_sums_select(a, b, m))
+
+
+@jax.custom_jvp
+def _masked_row_sums(a, b, m):
+  return jax.lax.platform_dependent(a, b, m, cpu=_masked_row_sums_cpu,
+                                    default=_masked_row_sums_select)
+
+
+@_masked_row_sums.defjvp
+def _masked_row_sums_jvp(primals, tangents):
+  a, b, m = primals
+  da, db, _ = tangents
+  return _masked_row_sums(a, b, m), jnp.sum(_difference(da, db) * m, axis=-1)
+
+
+def masked_row_sums(a: jax.Array, mask: jax.Array, b: Optional[jax.Array] = None) -> jax.Array:
+  r"""Per-row weighted sums :math:`\sum_t m_t (a_t - b_t)` of [B, T] arrays, [B] out.
+
+  A token of weight 0 contributes exactly 0 whatever `a` and `b` hold there (inf and NaN
+  included), to the value and to the derivative. On the CPU the sum is first taken without a
+  select and redone with one only when some row comes out non-finite (see
+  `_masked_row_sums_cpu`); elsewhere, where the select fuses into the reduction, it always
+  selects. Both give the same value. A custom JVP, linear in the tangents of `a` and `b` (so
+  reverse mode works too), keeps the branch out of the derivative. The mask is data: its gradient
+  is stopped.
+
+  Args:
+    a: [B, T] float32 values.
+    mask: [B, T] weights >= 0 (bool, int or float).
+    b: optional [B, T] float32 values to subtract from `a` before weighting (one fused pass).
+
+  Returns:
+    [B] float32 row sums.
+  """
+  m = jax.lax.stop_gradient(validation.mask_as_float(mask))
+  a = jnp.asarray(a, jnp.float32)
+  b = None if b is None else jnp.asarray(b, jnp.float32)
+  return _masked_row_sums(a, b, m)
+
+
 def aggregation_normalizer(mask: jax.Array, mode: str = "token-mean") -> jax.Array:
   """The denominator `aggregate` uses for `mode`, computed from a (full-batch) mask.
 
@@ -72,9 +129,13 @@ def aggregate(values: jax.Array,
   and Trinity-RFT count them). An all-masked batch gives 0, never NaN. Masked entries of `values`
   may hold inf or NaN: they are selected away with `where`, not multiplied by 0.
 
+  Mask weights are >= 0 throughout rljax (bool, int or float; 1 on tokens that count): a token
+  of weight 0 is left out whatever its values hold. Negative weights are outside the contract
+  (`aggregate` leaves them out; the select-free `masked_row_sums` weights them as given).
+
   Args:
     values: [B, T] per-token values (e.g. per-token losses).
-    mask: [B, T] weights, 1 on tokens that count (bool, int or float).
+    mask: [B, T] weights >= 0, 1 on tokens that count (bool, int or float).
     mode: one of `AGGREGATION_MODES`.
     max_tokens: the fixed generation budget for ``seq-mean-token-sum-norm``; defaults to T.
     normalizer: optional external denominator (replacing the count of tokens, of non-empty
@@ -98,24 +159,65 @@ def aggregate(values: jax.Array,
   validation.check_same_shape([("values", values), ("mask", mask)])
   m = validation.mask_as_float(mask)
   v = jnp.where(m > 0, values.astype(jnp.float32), 0.0) * m
+  return aggregate_rows(jnp.sum(v, axis=-1), jnp.sum(m, axis=-1), mode,
+                        max_tokens=values.shape[-1] if max_tokens is None else max_tokens,
+                        normalizer=normalizer)
+
+
+def aggregate_rows(row_sums: jax.Array,
+                   row_weights: jax.Array,
+                   mode: str,
+                   *,
+                   max_tokens: int,
+                   normalizer: Optional[jax.Array] = None) -> jax.Array:
+  """`aggregate` from per-row sums :math:`\sum_t m\ell` [B] and per-row mask sums [B].
+
+  Every mode is a function of these two, so a loss whose per-token value is a per-row constant
+  times a token quantity (REINFORCE with sequence advantages) can aggregate from the row sums of
+  that quantity (`masked_row_sums`) without writing a [B, T] product. `max_tokens` is required
+  (`aggregate` passes T when it is not given).
+  """
+  validation.check_choice("aggregation", mode, AGGREGATION_MODES)
   if mode == "token-mean":
-    den = jnp.sum(m) if normalizer is None else normalizer
-    return _safe_divide(jnp.sum(v), den)
+    den = jnp.sum(row_weights) if normalizer is None else normalizer
+    return _safe_divide(jnp.sum(row_sums), den)
   if mode == "seq-mean-token-sum-norm":
-    if max_tokens is None:
-      max_tokens = values.shape[-1]
     validation.check_positive("max_tokens", max_tokens)
-    rows = values.shape[0] if normalizer is None else normalizer
-    return jnp.sum(v) / (jnp.maximum(jnp.asarray(rows, jnp.float32), 1.0) * max_tokens)
-  seq_sum = jnp.sum(v, axis=-1)
-  seq_len = jnp.sum(m, axis=-1)
-  nonempty = (seq_len > 0).astype(jnp.float32)
+    rows = row_sums.shape[0] if normalizer is None else normalizer
+    return jnp.sum(row_sums) / (jnp.maximum(jnp.asarray(rows, jnp.float32), 1.0) * max_tokens)
+  nonempty = (row_weights > 0).astype(jnp.float32)
   if mode == "seq-mean-token-mean":
-    per_seq = _safe_divide(seq_sum, seq_len)
+    per_seq = _safe_divide(row_sums, row_weights)
   else:  # seq-mean-token-sum
-    per_seq = seq_sum
+    per_seq = row_sums
   den = jnp.sum(nonempty) if normalizer is None else normalizer
   return _safe_divide(jnp.sum(per_seq * nonempty), den)
+
+def aggregate_advantage_weighted(logp: jax.Array,
+                                 advantages: jax.Array,
+                                 mask: jax.Array,
+                                 mode: str,
+                                 *,
+                                 max_tokens: Optional[int] = None,
+                                 normalizer: Optional[jax.Array] = None) -> jax.Array:
+  """``aggregate(-sg(A) * logp, mask, mode)``, the REINFORCE form, for [B] or [B, T] advantages.
+
+  With sequence advantages [B] this is computed from the row sums of the masked log-probs
+  (`masked_row_sums`), one fused pass on the CPU instead of a [B, T] product and a select; with
+  token advantages [B, T] it is `aggregate` itself. The two agree to float rounding (tested).
+  A token of weight 0 is left out whatever `logp` holds there.
+  """
+  validation.check_choice("aggregation", mode, AGGREGATION_MODES)
+  adv = jax.lax.stop_gradient(jnp.asarray(advantages, jnp.float32))
+  if adv.ndim == 2:
+    m = validation.mask_as_float(mask)
+    lp = jnp.where(m > 0, logp.astype(jnp.float32), 0.0)
+    return aggregate(-adv * lp, m, mode, max_tokens=max_tokens, normalizer=normalizer)
+  validation.check_shape("advantages", adv, (logp.shape[0],))
+  m = jax.lax.stop_gradient(validation.mask_as_float(mask))
+  return aggregate_rows(-adv * masked_row_sums(logp, m), jnp.sum(m, axis=-1), mode,
+                        max_tokens=logp.shape[-1] if max_tokens is None else max_tokens,
+                        normalizer=normalizer)
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:

@@ -5,6 +5,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from rljax._src import aggregation as agg_lib
 from rljax._src import types
 from rljax._src import validation
 
@@ -15,42 +16,6 @@ def _check_group_size(group_size, batch: int, *, minimum: int = 1) -> None:
   if batch % group_size:
     raise ValueError(f"The batch has {batch} sequences, which is not a multiple of "
                      f"group_size={group_size} (groups are contiguous runs of group_size).")
-
-
-def _masked_sum_of_differences_select(a: jax.Array, b: jax.Array, m: jax.Array) -> jax.Array:
-  """sum_t m_t (a_t - b_t) over the last axis, tokens of weight 0 selected away."""
-  return jnp.sum(jnp.where(m != 0, (a - b) * m, 0.0), axis=-1)
-
-
-def _masked_sum_of_differences_cpu(a: jax.Array, b: jax.Array, m: jax.Array) -> jax.Array:
-  # XLA:CPU runs a multiply-and-sum as one fused, multi-threaded reduction (YNNPACK), but not a
-  # select, which costs a separate pass that writes the whole [B, T] product first (about 40%
-  # of CoPG's loss + gradient at [256, 4096], benchmarks/estimators.py). Without the select, a
-  # weight-0 token holding inf or NaN makes its row's sum non-finite (inf * 0 = NaN) and
-  # nothing else: a finite result is exact, and any other result is recomputed with the select.
-  plain = jnp.sum((a - b) * m, axis=-1)
-  return jax.lax.cond(jnp.all(jnp.isfinite(plain)), lambda: plain,
-                      lambda: _masked_sum_of_differences_select(a, b, m))
-
-
-@jax.custom_jvp
-def _masked_sum_of_differences(a: jax.Array, b: jax.Array, m: jax.Array) -> jax.Array:
-  """Row sums of m * (a - b) [B, T] -> [B], where a token of weight 0 contributes exactly 0.
-
-  On the CPU this takes the select-free sum when it is finite (see above); elsewhere, where the
-  select fuses into the reduction, it always selects. Both give the same value. The custom JVP
-  (linear in the tangents of `a` and `b`, so reverse mode works too) keeps the branch out of the
-  derivative; `m` is data, its tangent is ignored.
-  """
-  return jax.lax.platform_dependent(a, b, m, cpu=_masked_sum_of_differences_cpu,
-                                    default=_masked_sum_of_differences_select)
-
-
-@_masked_sum_of_differences.defjvp
-def _masked_sum_of_differences_jvp(primals, tangents):
-  a, b, m = primals
-  da, db, _ = tangents
-  return _masked_sum_of_differences(a, b, m), jnp.sum((da - db) * m, axis=-1)
 
 
 def copg_loss(logp: jax.Array,
@@ -123,9 +88,8 @@ def copg_loss(logp: jax.Array,
   validation.check_sequence_array("rewards", rewards, batch)
   _check_group_size(group_size, batch, minimum=2)
   validation.check_positive("beta", beta)
-  seq_logratio = _masked_sum_of_differences(
-      logp.astype(jnp.float32), jax.lax.stop_gradient(ref_logp.astype(jnp.float32)),
-      jax.lax.stop_gradient(validation.mask_as_float(mask)))
+  seq_logratio = agg_lib.masked_row_sums(
+      logp.astype(jnp.float32), mask, jax.lax.stop_gradient(ref_logp.astype(jnp.float32)))
   r = jax.lax.stop_gradient(jnp.asarray(rewards, jnp.float32))
   reg = (r - beta * seq_logratio).reshape(-1, group_size)
   centred = reg - jnp.mean(reg, axis=1, keepdims=True)

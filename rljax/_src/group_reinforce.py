@@ -149,13 +149,11 @@ def asymre_loss(logp: jax.Array,
   validation.check_token_inputs(logp, mask)
   validation.check_choice("aggregation", aggregation, agg_lib.AGGREGATION_MODES)
   validation.check_sequence_array("rewards", rewards, logp.shape[0])
-  adv = validation.advantages_as_tokens(asymre_advantages(rewards, group_size, shift=shift), logp)
-  adv = jax.lax.stop_gradient(adv)
+  seq_adv = jax.lax.stop_gradient(asymre_advantages(rewards, group_size, shift=shift))
+  loss = agg_lib.aggregate_advantage_weighted(logp, seq_adv, mask, aggregation,
+                                              max_tokens=max_tokens, normalizer=normalizer)
+  adv = validation.advantages_as_tokens(seq_adv, logp)
   m = validation.mask_as_float(mask)
-  valid = m > 0
-  lp = jnp.where(valid, logp.astype(jnp.float32), 0.0)
-  loss = agg_lib.aggregate(-adv * lp, m, aggregation, max_tokens=max_tokens,
-                           normalizer=normalizer)
   metrics = agg_lib.masked_stats(m, means={"advantage_mean": adv,
                                    "positive_frac": (adv > 0).astype(jnp.float32)})
   return types.LossOutput(loss, metrics)

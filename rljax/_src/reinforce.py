@@ -49,11 +49,9 @@ def reinforce_loss(logp: jax.Array,
   """
   validation.check_token_inputs(logp, mask)
   adv = jax.lax.stop_gradient(validation.advantages_as_tokens(advantages, logp))
+  loss = agg_lib.aggregate_advantage_weighted(logp, advantages, mask, aggregation,
+                                              max_tokens=max_tokens, normalizer=normalizer)
   m = validation.mask_as_float(mask)
-  valid = m > 0
-  lp = jnp.where(valid, logp.astype(jnp.float32), 0.0)
-  per_token = -adv * lp
-  loss = agg_lib.aggregate(per_token, m, aggregation, max_tokens=max_tokens,
-                               normalizer=normalizer)
+  lp = jnp.where(m > 0, logp.astype(jnp.float32), 0.0)
   metrics = agg_lib.masked_stats(m, means={"advantage_mean": adv, "logp_mean": lp})
   return types.LossOutput(loss, metrics)
