@@ -18,6 +18,7 @@ depend on how the batch is split; pass a precomputed `selection` to reuse a full
 on micro-batches.
 """
 
+import math
 from typing import Optional, Tuple
 
 import jax
@@ -75,11 +76,36 @@ def _uniform_priority(key: jax.Array, shape: Tuple[int, int]) -> jax.Array:
   return one_to_two - 1.0
 
 
+def _top_k_indices(flat: jax.Array, k: int) -> jax.Array:
+  """``jax.lax.top_k(flat, k)[1]`` for a NaN-free 1-D `flat`, scanning far fewer entries.
+
+  XLA's CPU TopK costs about 5 ns an entry (6 ms for k = 2097 of 2**20, and 15x more on
+  ascending data), most of Clip-Cov's and KL-Cov's time. With the entries as rows of c ~
+  sqrt(n / k), every row holding one of the k largest has its maximum among the k largest row
+  maxima, ties included: TopK picks the lower index among equal values, and a lower row holds
+  lower indices. So one TopK over the n / c row maxima, then one over the k * c entries of the
+  chosen rows (in index order, so that ties still go to the lower index), gives the same
+  indices in the same order. NaN would break this (the row max and TopK order it differently).
+  """
+  n = flat.shape[0]
+  c = 1 << max(0, round(math.log2(max(n / k, 1.0)) / 2))
+  if c < 4 or n % c or k > n // c:
+    return jax.lax.top_k(flat, k)[1]
+  rows = flat.reshape(n // c, c)
+  chosen = jnp.sort(jax.lax.top_k(jnp.max(rows, axis=1), k)[1])
+  _, pos = jax.lax.top_k(rows[chosen].reshape(-1), k)
+  return chosen[pos // c] * c + pos % c
+
+
 def _top_k_mask(scores: jax.Array, eligible: jax.Array, k: jax.Array, k_max: int) -> jax.Array:
-  """Boolean mask of the `k` (traced, <= k_max) highest-scoring eligible entries."""
+  """Boolean mask of the `k` (traced, <= k_max) highest-scoring eligible entries.
+
+  Ties go to the lower index; a NaN score ranks with -inf (below every number).
+  """
   flat_eligible = eligible.reshape(-1)
-  flat = jnp.where(flat_eligible, scores.reshape(-1), -jnp.inf)
-  _, idx = jax.lax.top_k(flat, k_max)  # ties: the lower index first
+  flat_scores = scores.reshape(-1)
+  flat = jnp.where(flat_eligible & ~jnp.isnan(flat_scores), flat_scores, -jnp.inf)
+  idx = _top_k_indices(flat, k_max)
   take = (jnp.arange(k_max) < k) & flat_eligible[idx]
   return jnp.zeros(flat.shape, bool).at[idx].set(take).reshape(scores.shape)
 
@@ -107,17 +133,17 @@ def token_covariance(logp: jax.Array, advantages: jax.Array, mask: jax.Array) ->
   valid = m > 0
   lp = jax.lax.stop_gradient(logp.astype(jnp.float32))
   count = jnp.maximum(jnp.sum(m), 1.0)  # the denominator of `rljax.masked_mean`
-  # Each mean is one masked sum with the selection outside the product, which ran faster on the
-  # CPU than `where(valid, x, 0) * m` (and than `masked_mean` of a broadcast [B, T] advantage).
-  lp_mean = jnp.sum(jnp.where(valid, lp * m, 0.0)) / count
+  # The means as masked row sums (`masked_row_sums`: one fused pass on the CPU, the select only
+  # where a weight-0 token holds inf or NaN), and no [B, T] broadcast of sequence advantages.
+  lp_mean = jnp.sum(agg_lib.masked_row_sums(lp, m)) / count
   adv = jax.lax.stop_gradient(jnp.asarray(advantages, jnp.float32))
   if adv.ndim == 1:  # sequence advantages: the token mean is a sum over rows of A_i |y_i|
     validation.check_shape("advantages", adv, (logp.shape[0],))
-    adv_mean = jnp.sum(adv * jnp.sum(jnp.maximum(m, 0.0), axis=-1)) / count
+    adv_mean = jnp.sum(adv * jnp.sum(m, axis=-1)) / count
     adv = adv[:, None]
   else:
     validation.check_shape("advantages", adv, logp.shape)
-    adv_mean = jnp.sum(jnp.where(valid, adv * m, 0.0)) / count
+    adv_mean = jnp.sum(agg_lib.masked_row_sums(adv, m)) / count
   return jnp.where(valid, (lp - lp_mean) * (adv - adv_mean), 0.0)
 
 
