@@ -129,9 +129,17 @@ def topr_loss(logp: jax.Array,
   negative = adv < 0
   w = jnp.where(negative, jnp.clip(rho, neg_low, neg_high), jnp.clip(rho, pos_low, pos_high))
   w = jax.lax.stop_gradient(jnp.broadcast_to(w, logp.shape))
-  per_token = -w * adv * lp
-  loss = agg_lib.aggregate(per_token, m, aggregation, max_tokens=max_tokens,
-                           normalizer=normalizer)
+  if rewards.ndim == 1 and level != "token":
+    # Sequence rewards and a sequence-level ratio make the token weight w·A a per-row constant,
+    # so the loss aggregates from the row sums of log π, without a [B, T] product.
+    seq_adv = jax.lax.stop_gradient(rewards.astype(jnp.float32) - baseline)
+    seq_w = jnp.where(seq_adv < 0, jnp.clip(rho[:, 0], neg_low, neg_high),
+                      jnp.clip(rho[:, 0], pos_low, pos_high))
+    loss = agg_lib.aggregate_advantage_weighted(logp, seq_w * seq_adv, mask, aggregation,
+                                                max_tokens=max_tokens, normalizer=normalizer)
+  else:
+    loss = agg_lib.aggregate(-w * adv * lp, m, aggregation, max_tokens=max_tokens,
+                             normalizer=normalizer)
 
   as_float = lambda x: x.astype(jnp.float32)
   means, mins, maxs = ratios.ratio_stat_terms(token_d, clamp)
