@@ -170,7 +170,7 @@ def aggregate_rows(row_sums: jax.Array,
                    *,
                    max_tokens: int,
                    normalizer: Optional[jax.Array] = None) -> jax.Array:
-  """`aggregate` from per-row sums :math:`\sum_t m\ell` [B] and per-row mask sums [B].
+  r"""`aggregate` from per-row sums :math:`\sum_t m\ell` [B] and per-row mask sums [B].
 
   Every mode is a function of these two, so a loss whose per-token value is a per-row constant
   times a token quantity (REINFORCE with sequence advantages) can aggregate from the row sums of
@@ -192,6 +192,7 @@ def aggregate_rows(row_sums: jax.Array,
     per_seq = row_sums
   den = jnp.sum(nonempty) if normalizer is None else normalizer
   return _safe_divide(jnp.sum(per_seq * nonempty), den)
+
 
 def aggregate_advantage_weighted(logp: jax.Array,
                                  advantages: jax.Array,
