@@ -259,6 +259,26 @@ def test_aggregate_errors_name_the_argument():
     rljax.aggregate(values, mask, "seq-mean-token-sum-norm", max_tokens=0)
 
 
+def test_negative_or_nan_mask_weights_are_rejected_when_concrete():
+  logp, blogp, values, mask = _data()
+  for bad, shown in ((-1.0, r"-1\.0"), (np.nan, "nan")):
+    m = mask.copy()
+    m[1, 2] = bad
+    for call in (lambda: rljax.aggregate(values, m),
+                 lambda: rljax.reinforce_loss(logp, np.ones(B, np.float32), m),
+                 lambda: rljax.copg_loss(logp, blogp, np.ones(B, np.float32), m, 2)):
+      with pytest.raises(ValueError, match=rf"mask must hold weights >= 0.*{shown} at index \[1, 2\]"):
+        call()
+  m = mask.astype(np.int32)
+  m[0, 0] = -3
+  with pytest.raises(ValueError, match=r"-3 at index \[0, 0\]"):
+    rljax.aggregate(values, m)
+  # Bool masks and fractional weights pass; under jit the values are not inspected.
+  rljax.aggregate(values, mask > 0)
+  rljax.aggregate(values, mask * 0.5)
+  jax.jit(rljax.aggregate)(values, np.where(mask > 0, -1.0, 0.0).astype(np.float32))
+
+
 # --------------------------------------------------------------------------- log-probs and ratios
 
 

@@ -65,7 +65,7 @@ def masked_row_sums(a: jax.Array, mask: jax.Array, b: Optional[jax.Array] = None
   `_masked_row_sums_cpu`); elsewhere, where the select fuses into the reduction, it always
   selects. Both give the same value. A custom JVP, linear in the tangents of `a` and `b` (so
   reverse mode works too), keeps the branch out of the derivative. The mask is data: its gradient
-  is stopped.
+  is stopped. Under `vmap` the branch becomes a select, so both sums run (same values).
 
   Args:
     a: [B, T] float32 values.
@@ -130,8 +130,8 @@ def aggregate(values: jax.Array,
   may hold inf or NaN: they are selected away with `where`, not multiplied by 0.
 
   Mask weights are >= 0 throughout rljax (bool, int or float; 1 on tokens that count): a token
-  of weight 0 is left out whatever its values hold. Negative weights are outside the contract
-  (`aggregate` leaves them out; the select-free `masked_row_sums` weights them as given).
+  of weight 0 is left out whatever its values hold. A concrete mask with a negative or
+  non-finite weight raises ValueError; under `jit` the values cannot be checked.
 
   Args:
     values: [B, T] per-token values (e.g. per-token losses).
@@ -157,6 +157,7 @@ def aggregate(values: jax.Array,
   if jnp.ndim(values) != 2:
     raise ValueError(f"values must have shape [B, T], got {list(jnp.shape(values))}.")
   validation.check_same_shape([("values", values), ("mask", mask)])
+  validation.check_mask_weights(mask)
   m = validation.mask_as_float(mask)
   v = jnp.where(m > 0, values.astype(jnp.float32), 0.0) * m
   return aggregate_rows(jnp.sum(v, axis=-1), jnp.sum(m, axis=-1), mode,

@@ -126,17 +126,17 @@ def topr_loss(logp: jax.Array,
   else:
     d = ratios.log_ratio(logp, behavior_logp, mask, level=level, clamp=clamp)[:, None]
   rho = jnp.exp(jax.lax.stop_gradient(d))
+  taper = lambda rho, negative: jnp.where(negative, jnp.clip(rho, neg_low, neg_high),
+                                          jnp.clip(rho, pos_low, pos_high))
   negative = adv < 0
-  w = jnp.where(negative, jnp.clip(rho, neg_low, neg_high), jnp.clip(rho, pos_low, pos_high))
-  w = jax.lax.stop_gradient(jnp.broadcast_to(w, logp.shape))
+  w = jax.lax.stop_gradient(jnp.broadcast_to(taper(rho, negative), logp.shape))
   if rewards.ndim == 1 and level != "token":
     # Sequence rewards and a sequence-level ratio make the token weight w·A a per-row constant,
     # so the loss aggregates from the row sums of log π, without a [B, T] product.
     seq_adv = jax.lax.stop_gradient(rewards.astype(jnp.float32) - baseline)
-    seq_w = jnp.where(seq_adv < 0, jnp.clip(rho[:, 0], neg_low, neg_high),
-                      jnp.clip(rho[:, 0], pos_low, pos_high))
-    loss = agg_lib.aggregate_advantage_weighted(logp, seq_w * seq_adv, mask, aggregation,
-                                                max_tokens=max_tokens, normalizer=normalizer)
+    loss = agg_lib.aggregate_advantage_weighted(logp, taper(rho[:, 0], seq_adv < 0) * seq_adv,
+                                                mask, aggregation, max_tokens=max_tokens,
+                                                normalizer=normalizer)
   else:
     loss = agg_lib.aggregate(-w * adv * lp, m, aggregation, max_tokens=max_tokens,
                              normalizer=normalizer)

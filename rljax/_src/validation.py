@@ -50,6 +50,26 @@ def check_token_inputs(logp, mask, **others) -> None:
   if np.ndim(logp) != 2:
     raise ValueError(f"logp must have shape [B, T], got {list(np.shape(logp))}.")
   check_same_shape([("logp", logp), ("mask", mask)] + list(others.items()))
+  check_mask_weights(mask)
+
+
+def check_mask_weights(mask) -> None:
+  """Raises ValueError if a concrete (not traced) mask holds a negative or non-finite weight.
+
+  Mask weights are >= 0 throughout rljax. Under `jit` the values cannot be checked; the losses
+  then leave a weight-0 token out whatever it holds, and negative weights are undefined.
+  """
+  if isinstance(mask, jax.core.Tracer):
+    return
+  dtype = jnp.result_type(mask)
+  if dtype == jnp.bool_ or jnp.issubdtype(dtype, jnp.unsignedinteger):
+    return
+  m = np.asarray(mask)
+  bad = ~(m >= 0) | ~np.isfinite(m) if jnp.issubdtype(dtype, jnp.floating) else m < 0
+  if np.any(bad):
+    where = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"mask must hold weights >= 0 (finite); got {m[where]} at index "
+                     f"{list(where)}.")
 
 
 def check_sequence_array(name: str, x, batch: int) -> None:
