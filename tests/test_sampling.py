@@ -195,6 +195,9 @@ def test_greedy_matches_argmax_over_full_recomputation(model, prompts):
   np.testing.assert_allclose(r.untruncated_logp[:, p:], ulogp, atol=1e-5)
   assert (np.asarray(r.behavior_logp) == 0).all()
   np.testing.assert_allclose(r.untruncated_logp, _score(model, r, 1.0), atol=1e-5, rtol=0)
+  # A truncation filter never removes the argmax, so greedy decoding ignores it.
+  r2 = sample(model, pt, pm, jax.random.key(0), max_new_tokens=n, temperature=0.0, top_k=2)
+  np.testing.assert_array_equal(r2.tokens, buf)
 
 
 def test_early_exit_and_segments_give_the_same_rollout(model, prompts):

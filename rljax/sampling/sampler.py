@@ -23,8 +23,11 @@ One `jax.jit` holds the whole generation:
 The cache and output buffers are allocated inside the jit, so XLA updates them in place across
 loop iterations (nothing to donate at the call boundary; parameters are read-only and not
 donated, so the train loop keeps using the same arrays). The decoder inside the loop uses fused
-q/k/v and gate/up weights (concatenated once per call), which is mathematically the same as the
-model's forward pass; `tests/test_sampling.py` checks that `untruncated_logp` equals
+q/k/v and gate/up weights (concatenated once per call) and keeps its activations
+feature-major, `[D, B]`, so that each projection is `weight [out, in] @ x [in, B]` (the
+logits come out as `[V, B]`); the rotary cos/sin are looked up in a table computed once per
+call rather than recomputed inside every fused kernel. All of this is mathematically the same
+as the model's forward pass; `tests/test_sampling.py` checks that `untruncated_logp` equals
 `rljax.models.score` within 1e-5 in float32 (with bfloat16 parameters the two differ by
 bfloat16 rounding, ~1e-3). Prefill and decode share one jit rather than two because that was
 measured a few percent faster on CPU and keeps the cache internal.
@@ -96,10 +99,16 @@ def _block(cfg, p, x, cos, sin, attend):
   return x + linear(y, p["wd"], p["bd"])
 
 
-def _prefill(cfg, w, tokens, prompt_mask, cache_len):
+def _rope_tables(cfg, length):
+  """Rotary `(cos, sin)` float32 `[length, Dh]` for positions 0..length-1."""
+  cos, sin = rope_cos_sin(jnp.arange(length)[None], rope_inv_freq(cfg))
+  return cos[0], sin[0]
+
+
+def _prefill(cfg, w, tokens, prompt_mask, cache_len, rope):
   """Runs the prompt; returns (last-position float32 logits [B, V], caches)."""
   positions = positions_from_mask(prompt_mask)
-  cos, sin = rope_cos_sin(positions, rope_inv_freq(cfg))
+  cos, sin = (jnp.take(t, positions, axis=0) for t in rope)
   mask = causal_mask(prompt_mask)
   p = tokens.shape[1]
   x = jnp.take(w["embed"], tokens, axis=0)
@@ -124,60 +133,105 @@ def _grow(cache, length):
   return jnp.pad(cache, ((0, 0), (0, 0), (0, length - cache.shape[2]), (0, 0)))
 
 
-def _decode_one(cfg, w, tok, pos, slot, key_valid, caches):
-  """Feeds tokens `[B]` at cache `slot` / positions `[B]`; returns (logits [B, V], caches)."""
+def _linear_t(weight, x_t, bias=None, preferred_element_type=None):
+  """`weight @ x_t (+ bias[:, None])`: `linear` on feature-major activations `[in, B]`."""
+  y = jax.lax.dot_general(weight, x_t, (((1,), (0,)), ((), ())),
+                          preferred_element_type=preferred_element_type)
+  if bias is not None:
+    y = y + bias.astype(y.dtype)[:, None]
+  return y
+
+
+def _rms_norm_t(x_t, weight, eps):
+  """`rms_norm` on feature-major activations `[D, B]` (statistics over axis 0)."""
+  dtype = x_t.dtype
+  x32 = x_t.astype(jnp.float32)
+  var = jnp.mean(jnp.square(x32), axis=0, keepdims=True)
+  y = (x32 * jax.lax.rsqrt(var + eps)).astype(dtype)
+  return weight.astype(dtype)[:, None] * y
+
+
+def _rope_t(x_t, cos_t, sin_t):
+  """`apply_rope` on `[N, Dh, B]` with tables `[Dh, B]`; returns `[B, N, Dh]`."""
+  cos_t = cos_t.astype(x_t.dtype)[None]
+  sin_t = sin_t.astype(x_t.dtype)[None]
+  half = x_t.shape[1] // 2
+  rotated = jnp.concatenate([-x_t[:, half:], x_t[:, :half]], axis=1)
+  return (x_t * cos_t + rotated * sin_t).transpose(2, 0, 1)
+
+
+def _decode_one(cfg, w, tok, pos, slot, key_valid, caches, rope):
+  """Feeds tokens `[B]` at cache `slot` / positions `[B]`; returns (logits [V, B], caches).
+
+  The activations are kept feature-major (`[D, B]`), so every projection is
+  `weight [out, in] @ x [in, B]`: the weight is the left operand, read as stored, and only the
+  small activation operand is repacked by the matmul (measured 1.15-1.35x faster on CPU at
+  B = 64 than `x @ weight.T`).
+  """
   cache_len = caches[0][0].shape[2]
-  cos, sin = rope_cos_sin(pos[:, None], rope_inv_freq(cfg))
+  h, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  b = tok.shape[0]
+  cos_t, sin_t = (jnp.take(t, pos, axis=1) for t in rope)
   visible = (jnp.arange(cache_len) <= slot)[None, :] & key_valid[:, :cache_len]
   mask = visible[:, None, :]
-  x = jnp.take(w["embed"], tok, axis=0)[:, None, :]
+  x = jnp.take(w["embed"], tok, axis=0).T
   new_caches = []
   for lw, (kc, vc) in zip(w["layers"], caches):
-    box = []
-
-    def attend(q, k, v, kc=kc, vc=vc, box=box):
-      kc = jax.lax.dynamic_update_slice(kc, k.transpose(0, 2, 1, 3).astype(kc.dtype),
-                                        (0, 0, slot, 0))
-      vc = jax.lax.dynamic_update_slice(vc, v.transpose(0, 2, 1, 3).astype(vc.dtype),
-                                        (0, 0, slot, 0))
-      box.append((kc, vc))
-      return attention(q, kc, vc, mask, kv_layout="BKTD")
-
-    x = _block(cfg, lw, x, cos, sin, attend)
-    new_caches.append(box[0])
-  h = rms_norm(x[:, 0], w["norm"], cfg.rms_norm_eps)
-  return linear(h, w["out"], preferred_element_type=jnp.float32), new_caches
+    y = _rms_norm_t(x, lw["ln1"], cfg.rms_norm_eps)
+    qkv = _linear_t(lw["wqkv"], y, lw["bqkv"])
+    q = _rope_t(qkv[:h * dh].reshape(h, dh, b), cos_t, sin_t)
+    k = _rope_t(qkv[h * dh:(h + kv) * dh].reshape(kv, dh, b), cos_t, sin_t)
+    v = qkv[(h + kv) * dh:].reshape(kv, dh, b).transpose(2, 0, 1)
+    kc = jax.lax.dynamic_update_slice(kc, k[:, :, None].astype(kc.dtype), (0, 0, slot, 0))
+    vc = jax.lax.dynamic_update_slice(vc, v[:, :, None].astype(vc.dtype), (0, 0, slot, 0))
+    new_caches.append((kc, vc))
+    att = attention(q[:, None], kc, vc, mask, kv_layout="BKTD")[:, 0]
+    x = x + _linear_t(lw["wo"], att.T, lw["bo"])
+    y = _rms_norm_t(x, lw["ln2"], cfg.rms_norm_eps)
+    gu = _linear_t(lw["wgu"], y, lw["bgu"])
+    f = cfg.ffn_dim
+    x = x + _linear_t(lw["wd"], jax.nn.silu(gu[:f]) * gu[f:], lw["bd"])
+  y = _rms_norm_t(x, w["norm"], cfg.rms_norm_eps)
+  return _linear_t(w["out"], y, preferred_element_type=jnp.float32), new_caches
 
 
 # ------------------------------------------------------------------------------ sampling
 
 
-def _choose(logits, noise, temperature, top_k, top_p, min_p):
+def _choose(logits, noise, temperature, top_k, top_p, min_p, vocab_axis=-1):
   """Samples one token per row by Gumbel-max: argmax(filtered logits + Gumbel noise).
 
   Args:
-    logits: float32 `[B, V]` raw logits.
-    noise: float32 `[B, V]` standard Gumbel noise (unused when greedy).
+    logits: float32 raw logits, `[B, V]` (or `[V, B]` with `vocab_axis=0`).
+    noise: float32 standard Gumbel noise of the same shape (unused when greedy).
 
   Returns:
     `(token int32[B], behavior_logp f32[B], untruncated_logp f32[B])`.
   """
+  truncated = top_k is not None or top_p is not None or min_p is not None
+  if truncated and vocab_axis != -1:  # the filters work on rows
+    logits = logits.T
+    noise = None if noise is None else noise.T
+    vocab_axis = -1
+  ax = vocab_axis
   if temperature == 0.0:
-    tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    ulogp = _gather(logits, tok) - jax.nn.logsumexp(logits, axis=-1)
+    tok = jnp.argmax(logits, axis=ax).astype(jnp.int32)
+    ulogp = _gather(logits, tok, ax) - jax.nn.logsumexp(logits, axis=ax)
     return tok, jnp.zeros_like(ulogp), ulogp
   scaled = logits / jnp.float32(temperature)
-  truncated = top_k is not None or top_p is not None or min_p is not None
   filtered = filter_logits(scaled, top_k=top_k, top_p=top_p, min_p=min_p) if truncated else scaled
-  tok = jnp.argmax(filtered + noise, axis=-1).astype(jnp.int32)
-  ulogp = _gather(scaled, tok) - jax.nn.logsumexp(scaled, axis=-1)
+  tok = jnp.argmax(filtered + noise, axis=ax).astype(jnp.int32)
+  ulogp = _gather(scaled, tok, ax) - jax.nn.logsumexp(scaled, axis=ax)
   if not truncated:
     return tok, ulogp, ulogp
-  blogp = _gather(filtered, tok) - jax.nn.logsumexp(filtered, axis=-1)
+  blogp = _gather(filtered, tok, ax) - jax.nn.logsumexp(filtered, axis=ax)
   return tok, blogp, ulogp
 
 
-def _gather(x, idx):
+def _gather(x, idx, axis=-1):
+  """`x[b, idx[b]]` along the vocabulary axis (`x` is `[B, V]`, or `[V, B]` with axis 0)."""
+  if axis == 0:
+    return jnp.take_along_axis(x, idx[None, :], axis=0)[0]
   return jnp.take_along_axis(x, idx[:, None], axis=-1)[:, 0]
 
 
@@ -220,7 +274,9 @@ def sample_fn(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array
                              min_p=min_p)
   stop_arr = jnp.asarray(sorted(set(int(s) for s in stop_tokens)) or [-1], jnp.int32)
 
-  logits, caches = _prefill(cfg, w, prompt_tokens, prompt_mask, first_len)
+  rope = _rope_tables(cfg, p + n)
+  logits, caches = _prefill(cfg, w, prompt_tokens, prompt_mask, first_len, rope)
+  rope = tuple(t.T for t in rope)
   num_prompt = jnp.sum(prompt_mask, axis=-1)
   key_valid = jnp.concatenate([prompt_mask.astype(jnp.bool_),
                                jnp.ones((b, max(n - 1, 0)), jnp.bool_)], axis=1)
@@ -234,9 +290,9 @@ def sample_fn(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array
       return None
     return jax.random.gumbel(jax.random.fold_in(key, t), (b, vocab), jnp.float32)
 
-  def record(t, logits, noise, out):
+  def record(t, logits, noise, out, vocab_axis=-1):
     tokens_out, cmask, blogp, ulogp, stopped = out
-    tok, bl, ul = choose(logits, noise)
+    tok, bl, ul = choose(logits, noise, vocab_axis=vocab_axis)
     live = ~stopped
     tok = jnp.where(live, tok, pad_id)
     col = lambda a, v: jax.lax.dynamic_update_slice_in_dim(a, v[:, None], t, axis=1)
@@ -265,8 +321,10 @@ def sample_fn(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array
     def body(carry):
       t, tok, caches, out = carry
       slot = p + t - 1
-      logits, caches = _decode_one(cfg, w, tok, num_prompt + t - 1, slot, key_valid, caches)
-      tok, out = record(t, logits, noise_for(t), out)
+      logits, caches = _decode_one(cfg, w, tok, num_prompt + t - 1, slot, key_valid, caches,
+                                   rope)
+      noise = noise_for(t)
+      tok, out = record(t, logits, None if noise is None else noise.T, out, vocab_axis=0)
       return t + 1, tok, caches, out
 
     _, tok, caches, out = jax.lax.while_loop(cond, body, (jnp.int32(t0), tok, caches, out))
