@@ -81,8 +81,13 @@ def _fused_weights(model: Transformer):
               norm=model.norm.weight[...], out=model.output_embedding)
 
 
-def _block(cfg, p, x, cos, sin, attend):
-  """One decoder layer on x `[B, S, D]`; `attend(q, k, v) -> [B, S, H*Dh]` handles the cache."""
+def _block(cfg, p, x, cos, sin, attend, last_only=False):
+  """One decoder layer on x `[B, S, D]`; `attend(q, k, v) -> [B, S', H*Dh]` handles the cache.
+
+  With `last_only`, keys and values are still computed for all S positions, but the queries,
+  the attention output and the MLP only for the last one (`[B, 1, D]` out): the last layer of
+  the prefill needs nothing else.
+  """
   b, s, _ = x.shape
   h, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   y = rms_norm(x, p["ln1"], cfg.rms_norm_eps)
@@ -90,7 +95,11 @@ def _block(cfg, p, x, cos, sin, attend):
   q = qkv[..., :h * dh].reshape(b, s, h, dh)
   k = qkv[..., h * dh:(h + kv) * dh].reshape(b, s, kv, dh)
   v = qkv[..., (h + kv) * dh:].reshape(b, s, kv, dh)
-  q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+  if last_only:
+    q, x, q_cos, q_sin = q[:, -1:], x[:, -1:], cos[:, -1:], sin[:, -1:]
+  else:
+    q_cos, q_sin = cos, sin
+  q, k = apply_rope(q, q_cos, q_sin), apply_rope(k, cos, sin)
   x = x + linear(attend(q, k, v), p["wo"], p["bo"])
   y = rms_norm(x, p["ln2"], cfg.rms_norm_eps)
   gu = linear(y, p["wgu"], p["bgu"])
@@ -113,14 +122,14 @@ def _prefill(cfg, w, tokens, prompt_mask, cache_len, rope):
   p = tokens.shape[1]
   x = jnp.take(w["embed"], tokens, axis=0)
   caches = []
-  for lw in w["layers"]:
+  for i, lw in enumerate(w["layers"]):
     kv_out = []
 
     def attend(q, k, v, kv_out=kv_out):
       kv_out.append((k, v))
-      return attention(q, k, v, mask)
+      return attention(q, k, v, mask[:, -q.shape[1]:])
 
-    x = _block(cfg, lw, x, cos, sin, attend)
+    x = _block(cfg, lw, x, cos, sin, attend, last_only=i == len(w["layers"]) - 1)
     k, v = kv_out[0]
     pad = ((0, 0), (0, 0), (0, cache_len - p), (0, 0))
     caches.append((jnp.pad(k.transpose(0, 2, 1, 3), pad), jnp.pad(v.transpose(0, 2, 1, 3), pad)))
@@ -165,8 +174,8 @@ def _decode_one(cfg, w, tok, pos, slot, key_valid, caches, rope):
 
   The activations are kept feature-major (`[D, B]`), so every projection is
   `weight [out, in] @ x [in, B]`: the weight is the left operand, read as stored, and only the
-  small activation operand is repacked by the matmul (measured 1.15-1.35x faster on CPU at
-  B = 64 than `x @ weight.T`).
+  small activation operand is repacked by the matmul (faster on CPU at small B than
+  `x @ weight.T`; `benchmarks/sampler.py` measures the whole sampler).
   """
   cache_len = caches[0][0].shape[2]
   h, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
