@@ -23,7 +23,7 @@ One `jax.jit` holds the whole generation:
 The cache and output buffers are allocated inside the jit, so XLA updates them in place across
 loop iterations (nothing to donate at the call boundary; parameters are read-only and not
 donated, so the train loop keeps using the same arrays). The decoder inside the loop uses fused
-q/k/v and gate/up weights (concatenated once per call) and keeps its activations
+q/k/v weights (concatenated once per call; gate and up stay separate) and keeps its activations
 feature-major, `[D, B]`, so that each projection is `weight [out, in] @ x [in, B]` (the
 logits come out as `[V, B]`); the rotary cos/sin are looked up in a table computed once per
 call rather than recomputed inside every fused kernel. All of this is mathematically the same
@@ -59,7 +59,7 @@ trace_count = 0
 
 
 def _fused_weights(model: Transformer):
-  """Per-layer arrays for the cached decoder: fused qkv and gate/up projections."""
+  """Per-layer arrays for the cached decoder, with the q/k/v projections fused into one."""
   layers = []
   for layer in model.layers:
     a, m = layer.self_attn, layer.mlp
@@ -72,8 +72,9 @@ def _fused_weights(model: Transformer):
                                                      a.v_proj.bias)),
         wo=a.o_proj.weight[...],
         bo=None if a.o_proj.bias is None else a.o_proj.bias[...],
-        wgu=cat(m.gate_proj.weight, m.up_proj.weight),
-        bgu=None if m.gate_proj.bias is None else cat(m.gate_proj.bias, m.up_proj.bias),
+        wg=m.gate_proj.weight[...], wu=m.up_proj.weight[...],
+        bg=None if m.gate_proj.bias is None else m.gate_proj.bias[...],
+        bu=None if m.up_proj.bias is None else m.up_proj.bias[...],
         wd=m.down_proj.weight[...],
         bd=None if m.down_proj.bias is None else m.down_proj.bias[...],
     ))
@@ -102,9 +103,7 @@ def _block(cfg, p, x, cos, sin, attend, last_only=False):
   q, k = apply_rope(q, q_cos, q_sin), apply_rope(k, cos, sin)
   x = x + linear(attend(q, k, v), p["wo"], p["bo"])
   y = rms_norm(x, p["ln2"], cfg.rms_norm_eps)
-  gu = linear(y, p["wgu"], p["bgu"])
-  f = cfg.ffn_dim
-  y = jax.nn.silu(gu[..., :f]) * gu[..., f:]
+  y = jax.nn.silu(linear(y, p["wg"], p["bg"])) * linear(y, p["wu"], p["bu"])
   return x + linear(y, p["wd"], p["bd"])
 
 
@@ -197,9 +196,8 @@ def _decode_one(cfg, w, tok, pos, slot, key_valid, caches, rope):
     att = attention(q[:, None], kc, vc, mask, kv_layout="BKTD")[:, 0]
     x = x + _linear_t(lw["wo"], att.T, lw["bo"])
     y = _rms_norm_t(x, lw["ln2"], cfg.rms_norm_eps)
-    gu = _linear_t(lw["wgu"], y, lw["bgu"])
-    f = cfg.ffn_dim
-    x = x + _linear_t(lw["wd"], jax.nn.silu(gu[:f]) * gu[f:], lw["bd"])
+    y = jax.nn.silu(_linear_t(lw["wg"], y, lw["bg"])) * _linear_t(lw["wu"], y, lw["bu"])
+    x = x + _linear_t(lw["wd"], y, lw["bd"])
   y = _rms_norm_t(x, w["norm"], cfg.rms_norm_eps)
   return _linear_t(w["out"], y, preferred_element_type=jnp.float32), new_caches
 
