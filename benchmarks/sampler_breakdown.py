@@ -27,10 +27,12 @@ _VARIANTS = {
     "full sampler": {},
     "without attention": {
         "attention": lambda q, k, v, mask, kv_layout=None: q.reshape(q.shape[0], q.shape[1], -1)},
-    "without rotary embeddings": {"apply_rope": lambda x, cos, sin: x},
-    "without sampling (argmax)": {
-        "_choose": lambda logits, noise, **kw: (jnp.argmax(logits, -1).astype(jnp.int32),
-                                                logits[:, 0], logits[:, 0])},
+    # The prefill rotates with `apply_rope`, the feature-major decode step with `_rope_t`.
+    "without rotary embeddings": {"apply_rope": lambda x, cos, sin: x,
+                                  "_rope_t": lambda x_t, cos_t, sin_t: x_t.transpose(2, 0, 1)},
+    "without sampling (argmax)": {"_choose": lambda logits, noise, vocab_axis=-1, **kw: (
+        jnp.argmax(logits, vocab_axis).astype(jnp.int32),
+        jnp.take(logits, 0, axis=vocab_axis), jnp.take(logits, 0, axis=vocab_axis))},
 }
 
 
