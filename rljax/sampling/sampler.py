@@ -283,7 +283,7 @@ def sample_fn(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array
 
   rope = _rope_tables(cfg, p + n)
   logits, caches = _prefill(cfg, w, prompt_tokens, prompt_mask, first_len, rope)
-  rope = tuple(t.T for t in rope)
+  rope = tuple(t.T for t in rope)  # [Dh, P + N]: the decode step gathers columns
   num_prompt = jnp.sum(prompt_mask, axis=-1)
   key_valid = jnp.concatenate([prompt_mask.astype(jnp.bool_),
                                jnp.ones((b, max(n - 1, 0)), jnp.bool_)], axis=1)
