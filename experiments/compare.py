@@ -135,6 +135,20 @@ def write_table(results: Sequence[RunResult], root: str) -> str:
   return text
 
 
+def moving_average(values, window: int) -> np.ndarray:
+  """Centred moving average of `values` over `window` points, as long as its input.
+
+  Near the ends the window holds fewer points, and each value is the mean of the points it
+  holds (not a sum divided by `window`, which would pull the ends towards zero).
+  """
+  values = np.asarray(values, np.float64)
+  if window <= 1 or values.size == 0:
+    return values
+  kernel = np.ones(window)
+  counts = np.convolve(np.ones_like(values), kernel, mode='same')
+  return np.convolve(values, kernel, mode='same') / counts
+
+
 def plot_results(results: Sequence[RunResult], root: str) -> str:
   """Training reward and held-out sampled pass@1 per estimator (mean over seeds) vs RL step."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -155,8 +169,7 @@ def plot_results(results: Sequence[RunResult], root: str) -> str:
       steps = [p[0] for p in curves[key][0][:n]]
       vals = np.mean([[p[1] for p in c[:n]] for c in curves[key]], axis=0)
       if key == 'reward_mean' and len(vals) > 5:  # light smoothing of the noisy batch reward
-        k = max(1, len(vals) // 20)
-        vals = np.convolve(vals, np.ones(k) / k, mode='same')
+        vals = moving_average(vals, max(1, len(vals) // 20))
       ax.plot(steps, vals, 'o-' if key.startswith('eval') else '-', label=name, markersize=3,
               linewidth=1.2)
   for ax, title in zip(axes, ('training reward (batch mean)', 'held-out sampled pass@1')):
