@@ -152,6 +152,20 @@ def test_sample_logps_equal_score_and_masks(model, prompts):
   assert not np.array_equal(other.tokens, r.tokens)
 
 
+def test_bfloat16_sampling_logps_match_score_to_bf16_precision(prompts):
+  """With bfloat16 parameters the sampler and score() differ only by bfloat16 rounding."""
+  m = Transformer(CFG.replace(param_dtype="bfloat16"), rngs=nnx.Rngs(0))
+  assert m.lm_head.weight.get_value().dtype == jnp.bfloat16
+  pt, pm = prompts
+  r = sample(m, pt, pm, jax.random.key(3), max_new_tokens=8)
+  assert r.untruncated_logp.dtype == jnp.float32
+  logp = np.asarray(_score(m, r, 1.0))
+  ulogp = np.asarray(r.untruncated_logp)
+  assert np.isfinite(ulogp).all() and (ulogp[:, pt.shape[1]:] < 0).all()
+  # bfloat16 keeps 8 bits of mantissa: log-probs of order 1-5 agree to a few 1e-3, not 1e-5.
+  np.testing.assert_allclose(ulogp, logp, atol=2e-2, rtol=0)
+
+
 def test_truncated_sampling_logps(model, prompts):
   """behavior_logp is the log-prob under the truncated distribution; untruncated matches score."""
   pt, pm = prompts
