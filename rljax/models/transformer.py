@@ -108,24 +108,27 @@ def linear(x: jax.Array, weight: jax.Array, bias: Optional[jax.Array] = None,
   return y
 
 
-def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float, axis: int = -1) -> jax.Array:
   """Hugging Face RMSNorm: statistics in float32, weight applied after the cast back.
 
-  `y = weight * (x / sqrt(mean(x^2, -1) + eps)).astype(x.dtype)`.
+  `y = weight * (x / sqrt(mean(x^2, axis) + eps)).astype(x.dtype)`.
 
   Args:
-    x: `[..., D]`.
+    x: `[..., D]` (or D on `axis`, e.g. the sampler's feature-major `[D, B]` with `axis=0`).
     weight: `[D]`.
     eps: added to the mean square.
+    axis: the feature axis.
 
   Returns:
-    `[..., D]` in `x.dtype`.
+    Same shape as `x`, in `x.dtype`.
   """
   dtype = x.dtype
   x32 = x.astype(jnp.float32)
-  var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x32), axis=axis, keepdims=True)
   y = (x32 * jax.lax.rsqrt(var + eps)).astype(dtype)
-  return weight.astype(dtype) * y
+  shape = [1] * x.ndim
+  shape[axis] = -1
+  return weight.astype(dtype).reshape(shape) * y
 
 
 def rope_inv_freq(config: TransformerConfig) -> np.ndarray:

@@ -150,15 +150,6 @@ def _linear_t(weight, x_t, bias=None, preferred_element_type=None):
   return y
 
 
-def _rms_norm_t(x_t, weight, eps):
-  """`rms_norm` on feature-major activations `[D, B]` (statistics over axis 0)."""
-  dtype = x_t.dtype
-  x32 = x_t.astype(jnp.float32)
-  var = jnp.mean(jnp.square(x32), axis=0, keepdims=True)
-  y = (x32 * jax.lax.rsqrt(var + eps)).astype(dtype)
-  return weight.astype(dtype)[:, None] * y
-
-
 def _rope_t(x_t, cos_t, sin_t):
   """`apply_rope` on `[N, Dh, B]` with tables `[Dh, B]`; returns `[B, N, Dh]`."""
   cos_t = cos_t.astype(x_t.dtype)[None]
@@ -185,7 +176,7 @@ def _decode_one(cfg, w, tok, pos, slot, key_valid, caches, rope):
   x = jnp.take(w["embed"], tok, axis=0).T
   new_caches = []
   for lw, (kc, vc) in zip(w["layers"], caches):
-    y = _rms_norm_t(x, lw["ln1"], cfg.rms_norm_eps)
+    y = rms_norm(x, lw["ln1"], cfg.rms_norm_eps, axis=0)
     qkv = _linear_t(lw["wqkv"], y, lw["bqkv"])
     q = _rope_t(qkv[:h * dh].reshape(h, dh, b), cos_t, sin_t)
     k = _rope_t(qkv[h * dh:(h + kv) * dh].reshape(kv, dh, b), cos_t, sin_t)
@@ -195,10 +186,10 @@ def _decode_one(cfg, w, tok, pos, slot, key_valid, caches, rope):
     new_caches.append((kc, vc))
     att = attention(q[:, None], kc, vc, mask, kv_layout="BKTD")[:, 0]
     x = x + _linear_t(lw["wo"], att.T, lw["bo"])
-    y = _rms_norm_t(x, lw["ln2"], cfg.rms_norm_eps)
+    y = rms_norm(x, lw["ln2"], cfg.rms_norm_eps, axis=0)
     y = jax.nn.silu(_linear_t(lw["wg"], y, lw["bg"])) * _linear_t(lw["wu"], y, lw["bu"])
     x = x + _linear_t(lw["wd"], y, lw["bd"])
-  y = _rms_norm_t(x, w["norm"], cfg.rms_norm_eps)
+  y = rms_norm(x, w["norm"], cfg.rms_norm_eps, axis=0)
   return _linear_t(w["out"], y, preferred_element_type=jnp.float32), new_caches
 
 
