@@ -201,16 +201,18 @@ def _choose(logits, noise, temperature, top_k, top_p, min_p, vocab_axis=-1):
 
   Args:
     logits: float32 raw logits, `[B, V]` (or `[V, B]` with `vocab_axis=0`).
-    noise: float32 standard Gumbel noise of the same shape (unused when greedy).
+    noise: float32 `[B, V]` standard Gumbel noise, whatever the logits' layout (unused when
+      greedy).
 
   Returns:
     `(token int32[B], behavior_logp f32[B], untruncated_logp f32[B])`.
   """
   truncated = top_k is not None or top_p is not None or min_p is not None
-  if truncated and vocab_axis != -1:  # the filters work on rows
-    logits = logits.T
-    noise = None if noise is None else noise.T
-    vocab_axis = -1
+  if vocab_axis != -1:
+    if truncated:  # the filters work on rows
+      logits, vocab_axis = logits.T, -1
+    elif noise is not None:
+      noise = noise.T
   ax = vocab_axis
   if temperature == 0.0:
     tok = jnp.argmax(logits, axis=ax).astype(jnp.int32)
@@ -321,8 +323,7 @@ def sample_fn(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array
       slot = p + t - 1
       logits, caches = _decode_one(cfg, w, tok, num_prompt + t - 1, slot, key_valid, caches,
                                    rope)
-      noise = noise_for(t)
-      tok, out = record(t, logits, None if noise is None else noise.T, out, vocab_axis=0)
+      tok, out = record(t, logits, noise_for(t), out, vocab_axis=0)
       return t + 1, tok, caches, out
 
     _, tok, caches, out = jax.lax.while_loop(cond, body, (jnp.int32(t0), tok, caches, out))
