@@ -466,6 +466,26 @@ def test_rewards_vectorised():
     task.rewards(['1+1='], [])
 
 
+@pytest.mark.parametrize('name', GENERATED)
+def test_grade_batch_grades_each_completion_once(name):
+  task = _make(name, format_reward=0.5)
+  ex = task.examples('train', 1)[0]
+  prompts, completions = [ex.prompt] * 3, [ex.demonstration, '', 'no idea']
+  task.reset_failure_counts()
+  rewards, correct = task.grade_batch(prompts, completions)
+  assert rewards.dtype.name == 'float32' and correct.dtype == bool
+  assert rewards.tolist() == [task.reward(p, c) for p, c in zip(prompts, completions)]
+  assert correct.tolist() == [True, False, False]
+  counts = task.failure_counts
+  # `reward` above graded the pairs once more: each malformed completion twice in all.
+  assert sum(counts.values()) == 4, counts
+  task.reset_failure_counts()
+  task.grade_batch(prompts, completions)
+  assert sum(task.failure_counts.values()) == 2, task.failure_counts
+  with pytest.raises(ValueError, match='same length'):
+    task.grade_batch(prompts, completions[:1])
+
+
 def test_docstring_examples():
   import doctest  # pylint: disable=g-import-not-at-top
   assert doctest.testmod(tasks, raise_on_error=True).attempted > 0

@@ -256,19 +256,35 @@ class Task(abc.ABC):
 
   def reward(self, prompt: str, completion: str) -> float:
     """``1[correct] + format_reward * 1[well formed]``; 0.0 on any malformed completion."""
-    g = self.grade(prompt, completion)
-    return float(g.correct) + self.format_reward * float(g.well_formed)
+    return self._reward_of(self.grade(prompt, completion))
 
   def is_correct(self, prompt: str, completion: str) -> bool:
     """Whether `completion` answers `prompt` correctly (never raises on the completion)."""
     return self.grade(prompt, completion).correct
 
-  def rewards(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
-    """Vectorised `reward`: returns ``float32[n]`` for ``n`` prompt/completion pairs."""
+  def grade_batch(self, prompts: Sequence[str],
+                  completions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Rewards and correctness of ``n`` prompt/completion pairs, one `grade` call per pair.
+
+    One call per pair means `failure_counts` counts each malformed completion once, where
+    calling `reward` and `is_correct` on the same pair would count it twice.
+
+    Returns:
+      ``(rewards float32[n], correct bool[n])``, rewards as in `reward`.
+    """
     if len(prompts) != len(completions):
       raise ValueError(f'prompts and completions must have the same length, got '
                        f'{len(prompts)} and {len(completions)}.')
-    return np.asarray([self.reward(p, c) for p, c in zip(prompts, completions)], np.float32)
+    grades = [self.grade(p, c) for p, c in zip(prompts, completions)]
+    return (np.asarray([self._reward_of(g) for g in grades], np.float32),
+            np.asarray([g.correct for g in grades], bool))
+
+  def rewards(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+    """Vectorised `reward`: returns ``float32[n]`` for ``n`` prompt/completion pairs."""
+    return self.grade_batch(prompts, completions)[0]
+
+  def _reward_of(self, grade: Grade) -> float:
+    return float(grade.correct) + self.format_reward * float(grade.well_formed)
 
   @property
   def failure_counts(self) -> dict[str, int]:
