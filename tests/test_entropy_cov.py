@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 import rljax
-from rljax._src import entropy_cov
 
 
 def make_batch(seed, b=4, t=6, empty_row=True):
@@ -187,56 +186,6 @@ def test_clip_cov_selection_is_deterministic_and_uniform_over_candidates():
   sigma = np.sqrt(k / c * (1 - k / c) / len(keys))
   np.testing.assert_allclose(freq, k / c, atol=5 * sigma)
   assert len({s.tobytes() for s in sels}) > 1
-
-
-@pytest.mark.parametrize("k", [1, 37, 300, 5000])
-def test_two_level_top_k_gives_top_ks_indices(k):
-  # The selection's TopK goes through row maxima first; it must return exactly the indices, in
-  # the order, of one jax.lax.top_k over everything, on data that stresses ties and order.
-  rng = np.random.default_rng(k)
-  n = 2**16
-  x = rng.normal(size=n)
-  cases = {
-      "normal": x,
-      "ties": np.round(x * 2) / 2,  # a few dozen distinct values
-      "constant": np.zeros(n),
-      "ascending": np.sort(x),
-      "descending": np.sort(x)[::-1],
-      "sparse": np.where(rng.uniform(size=n) < 0.01, x, -np.inf),
-      "fewer finite than k": np.where(np.arange(n) % 4099 == 7, x, -np.inf),
-      "all -inf": np.full(n, -np.inf),
-      "+-inf": np.where(rng.uniform(size=n) < 0.05, np.sign(x) * np.inf, x),
-      "one hot row": np.where(np.arange(n) // 64 == 5, 1.0 + np.arange(n) % 2, 0.0),
-  }
-  fn = jax.jit(entropy_cov._top_k_indices, static_argnums=1)
-  want_fn = jax.jit(lambda v, k: jax.lax.top_k(v, k)[1], static_argnums=1)
-  for name, v in cases.items():
-    v = jnp.asarray(v, jnp.float32)
-    np.testing.assert_array_equal(np.asarray(fn(v, k)), np.asarray(want_fn(v, k)), err_msg=name)
-  # A length that is not a multiple of the row length takes one TopK; still the same.
-  v = jnp.asarray(x[:n - 3], jnp.float32)
-  np.testing.assert_array_equal(np.asarray(fn(v, k)), np.asarray(want_fn(v, k)))
-
-
-def test_clip_cov_priorities_are_uniform_and_independent():
-  """Both Threefry words of each block are used: the two halves of a row must not be related."""
-  p = np.asarray(entropy_cov._uniform_priority(jax.random.PRNGKey(7), (64, 1001)), np.float64)
-  assert p.shape == (64, 1001) and p.min() >= 0.0 and p.max() < 1.0
-  # Kolmogorov-Smirnov distance to U[0, 1): 5.6e-3 is the 0.1% critical value at n = 64 064.
-  x = np.sort(p.ravel())
-  n = x.size
-  ks = max(np.max(np.arange(1, n + 1) / n - x), np.max(x - np.arange(n) / n))
-  assert ks < 1.95 / np.sqrt(n)
-  a, b = p[:, :500].ravel(), p[:, 501:].ravel()  # the two words of the same blocks
-  assert abs(np.corrcoef(a, b)[0, 1]) < 4 / np.sqrt(a.size)
-  assert len(np.unique(p)) > 0.99 * n
-  raw = entropy_cov._uniform_priority(jax.random.PRNGKey(7), (3, 5))
-  typed = entropy_cov._uniform_priority(jax.random.key(7), (3, 5))
-  np.testing.assert_array_equal(np.asarray(raw), np.asarray(typed))
-  other = entropy_cov._uniform_priority(jax.random.PRNGKey(8), (3, 5))
-  assert not np.array_equal(np.asarray(raw), np.asarray(other))
-  rbg = entropy_cov._uniform_priority(jax.random.key(7, impl="rbg"), (3, 5))  # falls back
-  assert rbg.shape == (3, 5) and bool(jnp.all((rbg >= 0) & (rbg < 1)))
 
 
 @jax.jit

@@ -9,6 +9,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from rljax._src import kernels
 from rljax._src import validation
 
 AGGREGATION_MODES = (
@@ -24,48 +25,13 @@ def _safe_divide(num, den):
   return num / jnp.maximum(den, 1.0)
 
 
-def _difference(a, b):
-  return a if b is None else a - b
-
-
-def _masked_row_sums_select(a, b, m):
-  return jnp.sum(jnp.where(m != 0, _difference(a, b) * m, 0.0), axis=-1)
-
-
-def _masked_row_sums_cpu(a, b, m):
-  # XLA:CPU runs a multiply-and-sum as one fused, multi-threaded YNNPACK reduction, but not a
-  # select: that becomes a separate pass writing the whole [B, T] product first (about 40% of
-  # CoPG's loss + gradient at [256, 4096] in benchmarks/estimators.py). Without the select, a
-  # weight-0 token holding inf or NaN makes its row's sum NaN (inf * 0 = NaN) and nothing else
-  # changes: a finite result is exact, and any other is recomputed with the select.
-  plain = jnp.sum(_difference(a, b) * m, axis=-1)
-  return jax.lax.cond(jnp.all(jnp.isfinite(plain)), lambda: plain,
-                      lambda: _masked_row_sums_select(a, b, m))
-
-
-@jax.custom_jvp
-def _masked_row_sums(a, b, m):
-  return jax.lax.platform_dependent(a, b, m, cpu=_masked_row_sums_cpu,
-                                    default=_masked_row_sums_select)
-
-
-@_masked_row_sums.defjvp
-def _masked_row_sums_jvp(primals, tangents):
-  a, b, m = primals
-  da, db, _ = tangents
-  return _masked_row_sums(a, b, m), jnp.sum(_difference(da, db) * m, axis=-1)
-
-
 def masked_row_sums(a: jax.Array, mask: jax.Array, b: Optional[jax.Array] = None) -> jax.Array:
   r"""Per-row weighted sums :math:`\sum_t m_t (a_t - b_t)` of [B, T] arrays, [B] out.
 
   A token of weight 0 contributes exactly 0 whatever `a` and `b` hold there (inf and NaN
-  included), to the value and to the derivative. On the CPU the sum is first taken without a
-  select and redone with one only when some row comes out non-finite (see
-  `_masked_row_sums_cpu`); elsewhere, where the select fuses into the reduction, it always
-  selects. Both give the same value. A custom JVP, linear in the tangents of `a` and `b` (so
-  reverse mode works too), keeps the branch out of the derivative. The mask is data: its gradient
-  is stopped. Under `vmap` the branch becomes a select, so both sums run (same values).
+  included), to the value and to the derivative; the derivative is linear in `a` and `b`, so
+  forward and reverse mode both work. The mask is data: its gradient is stopped. Computed by
+  `kernels.masked_row_sums` (one fused pass on the CPU).
 
   Args:
     a: [B, T] float32 values.
@@ -78,7 +44,7 @@ def masked_row_sums(a: jax.Array, mask: jax.Array, b: Optional[jax.Array] = None
   m = jax.lax.stop_gradient(validation.mask_as_float(mask))
   a = jnp.asarray(a, jnp.float32)
   b = None if b is None else jnp.asarray(b, jnp.float32)
-  return _masked_row_sums(a, b, m)
+  return kernels.masked_row_sums(a, m, b)
 
 
 def aggregation_normalizer(mask: jax.Array, mode: str = "token-mean") -> jax.Array:
@@ -244,10 +210,9 @@ def masked_stats(mask: jax.Array, *, means=None, sums=None, mins=None, maxs=None
   """Token means, minima and maxima of several [B, T] arrays over `mask`, in one pass.
 
   Same values as `rljax.masked_mean` / ``masked_min`` / ``masked_max`` (means weighted by the
-  mask, divided by max(sum(mask), 1); min/max over tokens with mask > 0, 0 if there are none), but
-  computed by a single variadic ``lax.reduce`` into which XLA fuses every operand. Separate
-  reductions each materialise a [B, T] temporary on the CPU backend, and at [256, 4096] ten of them
-  cost more than the loss itself. Used for the diagnostics of every loss; no gradient.
+  mask, divided by max(sum(mask), 1); min/max over tokens with mask > 0, 0 if there are none),
+  computed together by `kernels.masked_stats`. Used for the diagnostics of every loss; no
+  gradient.
 
   Args:
     mask: [B, T] weights.
@@ -257,28 +222,7 @@ def masked_stats(mask: jax.Array, *, means=None, sums=None, mins=None, maxs=None
   Returns:
     dict from every name to a float32 scalar.
   """
-  means, sums = dict(means or {}), dict(sums or {})
-  mins, maxs = dict(mins or {}), dict(maxs or {})
   m = validation.mask_as_float(mask)
-  valid = m > 0
-  sg = lambda x: jax.lax.stop_gradient(jnp.asarray(x, jnp.float32))
-  operands = [m] + [jnp.where(valid, sg(v), 0.0) * m for v in means.values()]
-  operands += [jnp.where(valid, sg(v), 0.0) for v in sums.values()]
-  operands += [jnp.where(valid, sg(v), jnp.inf) for v in mins.values()]
-  operands += [jnp.where(valid, sg(v), -jnp.inf) for v in maxs.values()]
-  num_sums, num_mins = 1 + len(means) + len(sums), len(mins)
-  inits = [0.0] * num_sums + [jnp.inf] * num_mins + [-jnp.inf] * len(maxs)
-
-  def combine(a, b):
-    return tuple(x + y if i < num_sums else
-                 (jnp.minimum(x, y) if i < num_sums + num_mins else jnp.maximum(x, y))
-                 for i, (x, y) in enumerate(zip(a, b)))
-
-  out = jax.lax.reduce(tuple(operands), tuple(jnp.float32(x) for x in inits), combine,
-                       tuple(range(m.ndim)))
-  count, rest = out[0], out[1:]
-  stats = {k: v / jnp.maximum(count, 1.0) for k, v in zip(means, rest[:len(means)])}
-  stats.update(zip(sums, rest[len(means):num_sums - 1]))
-  extremes = list(mins) + list(maxs)
-  stats.update({k: jnp.where(count > 0, v, 0.0) for k, v in zip(extremes, rest[num_sums - 1:])})
-  return stats
+  data = lambda d: {k: jax.lax.stop_gradient(jnp.asarray(v, jnp.float32))
+                    for k, v in (d or {}).items()}
+  return kernels.masked_stats(m, data(means), data(sums), data(mins), data(maxs))

@@ -93,49 +93,29 @@ def cispo_loss(logp: jax.Array,
     >>> round(float(out.loss), 4)  # on-policy weight 1: REINFORCE, -2 (log .5 + log .25) / 2
     2.0794
   """
-  validation.check_token_inputs(logp, mask, old_logp=old_logp)
   validation.check_positive("epsilon_low", epsilon_low, allow_none=True, strict=False)
   validation.check_positive("epsilon_high", epsilon_high, strict=False)
-  validation.check_choice("aggregation", aggregation, agg_lib.AGGREGATION_MODES)
   if not isinstance(mask_clipped, bool):
     raise ValueError(f"mask_clipped must be a Python bool, got {mask_clipped!r}.")
-
-  m = validation.mask_as_float(mask)
-  valid = m > 0
-  adv = jax.lax.stop_gradient(validation.advantages_as_tokens(advantages, logp))
-  adv = jnp.where(valid, adv, 0.0)
-  d = jax.lax.stop_gradient(ratios.log_ratio(logp, old_logp, m, level="token", clamp=clamp))
-  r = jnp.exp(d)
+  x = ratios.token_inputs(logp, old_logp, advantages, mask, clamp=clamp, aggregation=aggregation)
+  r = jnp.exp(jax.lax.stop_gradient(x.d))
+  # No lower bound is a floor of 0, i.e. epsilon_low = 1.
+  clip = ratios.ppo_clip(r, x.adv, 1.0 if epsilon_low is None else epsilon_low, epsilon_high)
   floor = 0.0 if epsilon_low is None else 1.0 - epsilon_low
   weight = jnp.clip(r, floor, 1.0 + epsilon_high)  # data: the ratio is already stopped.
 
-  lp = jnp.where(valid, logp.astype(jnp.float32), 0.0)
-  per_token = -weight * adv * lp
-  low = valid & (adv < 0) & (r < floor)
-  high = valid & (adv > 0) & (r > 1.0 + epsilon_high)
-  zeroed = (low | high) if mask_clipped else jnp.zeros_like(valid)
+  lp = jnp.where(x.valid, logp.astype(jnp.float32), 0.0)
+  per_token = -weight * x.adv * lp
+  zeroed = (clip.low | clip.high) if mask_clipped else jnp.zeros_like(x.valid)
+  means = dict(clip.fractions(), weight_mean=weight,
+               weight_clip_frac=((r < floor) | (r > 1.0 + epsilon_high)).astype(jnp.float32))
   if is_weights is not None:
-    w = jnp.where(valid, ppo.token_weights(is_weights, logp, "is_weights"), 0.0)
+    w = jnp.where(x.valid, ppo.token_weights(is_weights, logp, "is_weights"), 0.0)
     per_token = per_token * w
-    zeroed = zeroed | (valid & (w == 0))
-  per_token = jnp.where(valid & ~zeroed, per_token, 0.0)
-  loss = agg_lib.aggregate(per_token, m, aggregation, max_tokens=max_tokens,
+    zeroed = zeroed | (x.valid & (w == 0))
+    means["is_weight_mean"] = w
+  per_token = jnp.where(zeroed, 0.0, per_token)
+  loss = agg_lib.aggregate(per_token, x.m, aggregation, max_tokens=max_tokens,
                            normalizer=normalizer)
-
-  fmean = lambda x: agg_lib.masked_mean(x.astype(jnp.float32), m)
-  nonempty = jnp.sum(m, axis=-1) > 0
-  metrics = ratios.ratio_metrics(d, m, clamp=clamp)
-  metrics.update(
-      clip_frac_low=fmean(low),
-      clip_frac_high=fmean(high),
-      clip_frac=fmean(low | high),
-      weight_clip_frac=fmean(valid & ((r < floor) | (r > 1.0 + epsilon_high))),
-      weight_mean=fmean(weight),
-      masked_frac=fmean(zeroed),
-      ess=ratios.effective_sample_size(
-          ratios.log_ratio(logp, old_logp, m, level="sequence-sum", clamp=clamp), nonempty),
-  )
-  if is_weights is not None:
-    metrics["is_weight_mean"] = fmean(w)
-  metrics = {k: jax.lax.stop_gradient(v) for k, v in metrics.items()}
-  return types.LossOutput(loss, metrics)
+  metrics = ratios.token_loss_metrics(x, clamp, means=dict(means, masked_frac=zeroed))
+  return ratios.loss_output(loss, metrics)

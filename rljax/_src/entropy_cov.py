@@ -18,14 +18,13 @@ depend on how the batch is split; pass a precomputed `selection` to reuse a full
 on micro-batches.
 """
 
-import math
 from typing import Optional, Tuple
 
 import jax
-import jax.extend.random  # pylint: disable=unused-import  (jax.extend.random.threefry2x32_p)
 import jax.numpy as jnp
 
 from rljax._src import aggregation as agg_lib
+from rljax._src import kernels
 from rljax._src import ratios
 from rljax._src import types
 from rljax._src import validation
@@ -41,60 +40,10 @@ def _check_fraction(name: str, value) -> None:
 
 def _num_selected(fraction: float, valid: jax.Array) -> Tuple[jax.Array, int]:
   """max(floor(fraction * N), 1) with N the number of valid tokens; and its static upper bound."""
-  # Row counts in float32 (exact below 2**24 tokens a row; a float reduction is several times
-  # faster than an int32 one on the CPU), summed over rows in int32 (exact for any batch).
-  n = jnp.sum(jnp.sum(valid.astype(jnp.float32), axis=-1).astype(jnp.int32))
+  n = kernels.count(valid)
   k = jnp.maximum(jnp.floor(fraction * n.astype(jnp.float32)).astype(jnp.int32), 1)
   k_max = min(max(int(fraction * valid.size), 1), valid.size)
   return jnp.minimum(k, k_max), k_max
-
-
-def _uniform_priority(key: jax.Array, shape: Tuple[int, int]) -> jax.Array:
-  """Uniform [0, 1) float32 priorities of shape [B, T], deterministic given `key`.
-
-  `jax.random.uniform` spends one Threefry-2x32 block per number and XORs its two output words;
-  here each block gives two numbers (both words: block (i, j) of a [B, ceil(T/2)] counter grid
-  gives entries (i, j) and (i, ceil(T/2) + j)), half the hashing, which dominates Clip-Cov's
-  selection on the CPU. Each word is an independent uniform 32-bit output of the Threefry
-  stream, mapped to a float with 23 random mantissa bits as `jax.random.uniform` does. Keys of
-  another PRNG implementation (e.g. ``impl='rbg'``) use `jax.random.uniform`.
-  """
-  rows, cols = shape
-  half = (cols + 1) // 2
-  typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-  if typed and str(jax.random.key_impl(key)) != "threefry2x32":
-    return jax.random.uniform(key, shape)
-  data = jax.random.key_data(key) if typed else key
-  if data.shape != (2,) or rows * half >= 2**32:
-    return jax.random.uniform(key, shape)
-  counts = jnp.arange(rows * half, dtype=jnp.uint32).reshape(rows, half)
-  data = data.astype(jnp.uint32)
-  bits_a, bits_b = jax.extend.random.threefry2x32_p.bind(data[0], data[1],
-                                                         jnp.zeros_like(counts), counts)
-  bits = jnp.concatenate([bits_a, bits_b], axis=1)[:, :cols]
-  one_to_two = jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32)
-  return one_to_two - 1.0
-
-
-def _top_k_indices(flat: jax.Array, k: int) -> jax.Array:
-  """``jax.lax.top_k(flat, k)[1]`` for a NaN-free 1-D `flat`, scanning far fewer entries.
-
-  XLA's CPU TopK takes time in proportion to its input (and far more on ascending data), a
-  large part of Clip-Cov's and KL-Cov's time at [256, 4096]. With the entries as rows of c ~
-  sqrt(n / k), every row holding one of the k largest has its maximum among the k largest row
-  maxima, ties included: TopK picks the lower index among equal values, and a lower row holds
-  lower indices. So one TopK over the n / c row maxima, then one over the k * c entries of the
-  chosen rows (in index order, so that ties still go to the lower index), gives the same
-  indices in the same order. NaN would break this (the row max and TopK order it differently).
-  """
-  n = flat.shape[0]
-  c = 1 << max(0, round(math.log2(max(n / k, 1.0)) / 2))
-  if c < 4 or n % c or k > n // c:
-    return jax.lax.top_k(flat, k)[1]
-  rows = flat.reshape(n // c, c)
-  chosen = jnp.sort(jax.lax.top_k(jnp.max(rows, axis=1), k)[1])
-  _, pos = jax.lax.top_k(rows[chosen].reshape(-1), k)
-  return chosen[pos // c] * c + pos % c
 
 
 def _top_k_mask(scores: jax.Array, eligible: jax.Array, k: jax.Array, k_max: int) -> jax.Array:
@@ -105,7 +54,7 @@ def _top_k_mask(scores: jax.Array, eligible: jax.Array, k: jax.Array, k_max: int
   flat_eligible = eligible.reshape(-1)
   flat_scores = scores.reshape(-1)
   flat = jnp.where(flat_eligible & ~jnp.isnan(flat_scores), flat_scores, -jnp.inf)
-  idx = _top_k_indices(flat, k_max)
+  idx = kernels.top_k_indices(flat, k_max)
   take = (jnp.arange(k_max) < k) & flat_eligible[idx]
   return jnp.zeros(flat.shape, bool).at[idx].set(take).reshape(scores.shape)
 
@@ -147,13 +96,6 @@ def token_covariance(logp: jax.Array, advantages: jax.Array, mask: jax.Array) ->
   return jnp.where(valid, (lp - lp_mean) * (adv - adv_mean), 0.0)
 
 
-def _ppo_terms(d, adv, epsilon_low, epsilon_high):
-  rho = jnp.exp(d)
-  unclipped = -adv * rho
-  clipped = -adv * jnp.clip(rho, 1.0 - epsilon_low, 1.0 + epsilon_high)
-  return unclipped, clipped
-
-
 def clip_cov_selection(logp: jax.Array,
                        old_logp: jax.Array,
                        advantages: jax.Array,
@@ -172,7 +114,7 @@ def clip_cov_selection(logp: jax.Array,
   code) that PPO-clip has not already clipped; ``max(floor(clip_ratio * N), 1)`` of them (N the
   number of valid tokens; all of them if there are fewer) are drawn uniformly without
   replacement: each candidate gets an independent uniform priority from `key`'s Threefry stream
-  (both 32-bit words of each block, see `_uniform_priority`) and the highest priorities win.
+  (both 32-bit words of each block, see `kernels.uniform_priority`) and the highest priorities win.
   Deterministic given `key` and independent of how the batch is sharded.
 
   Args:
@@ -192,14 +134,17 @@ def clip_cov_selection(logp: jax.Array,
     raise ValueError(f"cov_lower={cov_lower} must be < cov_upper={cov_upper}.")
   valid = validation.mask_as_float(mask) > 0
   adv = jnp.where(valid, validation.advantages_as_tokens(advantages, logp), 0.0)
-  d = jax.lax.stop_gradient(
-      ratios.log_ratio(logp, old_logp, mask, level="token", clamp=clamp))
-  unclipped, clipped = _ppo_terms(d, adv, epsilon_low, epsilon_high)
-  cov = token_covariance(logp, advantages, mask)
-  candidate = valid & ~(clipped > unclipped) & (cov > cov_lower) & (cov < cov_upper)
-  priority = _uniform_priority(key, logp.shape)
+  d = ratios.log_ratio(logp, old_logp, mask, level="token", clamp=clamp)
+  clip = ratios.ppo_clip(jnp.exp(jax.lax.stop_gradient(d)), adv, epsilon_low, epsilon_high)
+  candidate = _candidates(valid, clip, token_covariance(logp, advantages, mask), cov_lower,
+                          cov_upper)
   k, k_max = _num_selected(clip_ratio, valid)
-  return _top_k_mask(priority, candidate, k, k_max)
+  return _top_k_mask(kernels.uniform_priority(key, logp.shape), candidate, k, k_max)
+
+
+def _candidates(valid, clip, cov, cov_lower, cov_upper):
+  """Clip-Cov's candidates: valid tokens PPO-clip keeps, strictly inside the covariance band."""
+  return valid & ~(clip.low | clip.high) & (cov > cov_lower) & (cov < cov_upper)
 
 
 def kl_cov_selection(logp: jax.Array,
@@ -233,17 +178,12 @@ def _check_selection(selection, logp, valid):
   return jax.lax.stop_gradient(jnp.asarray(selection)).astype(bool) & valid
 
 
-def _metrics(d, m, logp, old_logp, mask, clamp, cov, selected, means=None, sums=None):
+def _metrics(x, clamp, cov, selected, means=None, sums=None):
   """Ratio statistics, selection counts and covariance, in one fused reduction."""
   sel = selected.astype(jnp.float32)
-  ratio_means, mins, maxs = ratios.ratio_stat_terms(d, clamp)
-  means = dict(ratio_means, selected_frac=sel, cov_mean=cov, **(means or {}))
-  sums = dict(num_selected=sel, **(sums or {}))
-  metrics = agg_lib.masked_stats(m, means=means, sums=sums, mins=mins, maxs=maxs)
-  nonempty = jnp.sum(m, axis=-1) > 0
-  metrics["ess"] = ratios.effective_sample_size(
-      ratios.log_ratio(logp, old_logp, mask, level="sequence-sum", clamp=clamp), nonempty)
-  return metrics
+  means = dict(selected_frac=sel, cov_mean=cov, **(means or {}))
+  return ratios.token_loss_metrics(x, clamp, means=means, sums=dict(num_selected=sel,
+                                                                      **(sums or {})))
 
 
 def clip_cov_loss(logp: jax.Array,
@@ -311,15 +251,8 @@ def clip_cov_loss(logp: jax.Array,
     >>> float(out.metrics['num_selected']), float(out.loss)  # token 0 detached: (0 + 4) / 4
     (1.0, 1.0)
   """
-  validation.check_token_inputs(logp, mask, old_logp=old_logp)
-  validation.check_choice("aggregation", aggregation, agg_lib.AGGREGATION_MODES)
-  m = validation.mask_as_float(mask)
-  valid = m > 0
-  adv = jax.lax.stop_gradient(validation.advantages_as_tokens(advantages, logp))
-  adv = jnp.where(valid, adv, 0.0)
-  d = ratios.log_ratio(logp, old_logp, mask, level="token", clamp=clamp)
-  unclipped, clipped = _ppo_terms(d, adv, epsilon_low, epsilon_high)
-  by_ppo = clipped > unclipped
+  x = ratios.token_inputs(logp, old_logp, advantages, mask, clamp=clamp, aggregation=aggregation)
+  clip = ratios.ppo_clip(jnp.exp(x.d), x.adv, epsilon_low, epsilon_high)
   cov = token_covariance(logp, advantages, mask)
   if selection is None:
     selected = clip_cov_selection(logp, old_logp, advantages, mask, key, clip_ratio=clip_ratio,
@@ -327,22 +260,15 @@ def clip_cov_loss(logp: jax.Array,
                                   epsilon_low=epsilon_low, epsilon_high=epsilon_high,
                                   clamp=clamp)
   else:
-    selected = _check_selection(selection, logp, valid)
-  per_token = jnp.where(selected, 0.0, jnp.where(by_ppo, clipped, unclipped))
-  loss = agg_lib.aggregate(per_token, m, aggregation, max_tokens=max_tokens,
+    selected = _check_selection(selection, logp, x.valid)
+  per_token = jnp.where(selected, 0.0, clip.loss)
+  loss = agg_lib.aggregate(per_token, x.m, aggregation, max_tokens=max_tokens,
                            normalizer=normalizer)
-  rho = jnp.exp(jax.lax.stop_gradient(d))
-  as_float = lambda x: x.astype(jnp.float32)
-  low = (adv < 0) & (rho < 1.0 - epsilon_low)
-  high = (adv > 0) & (rho > 1.0 + epsilon_high)
-  candidates = valid & ~by_ppo & (cov > cov_lower) & (cov < cov_upper)
-  metrics = _metrics(d, m, logp, old_logp, mask, clamp, cov, selected,
-                     means={"clip_frac_low": as_float(low), "clip_frac_high": as_float(high),
-                            "clip_frac": as_float(low | high)},
-                     sums={"num_candidates": as_float(candidates)})
+  candidates = _candidates(x.valid, clip, cov, cov_lower, cov_upper)
+  metrics = _metrics(x, clamp, cov, selected, means=clip.fractions(),
+                     sums={"num_candidates": candidates.astype(jnp.float32)})
   metrics["masked_frac"] = metrics["selected_frac"]
-  metrics = {k: jax.lax.stop_gradient(v) for k, v in metrics.items()}
-  return types.LossOutput(loss, metrics)
+  return ratios.loss_output(loss, metrics)
 
 
 def kl_cov_loss(logp: jax.Array,
@@ -404,28 +330,21 @@ def kl_cov_loss(logp: jax.Array,
     >>> round(float(out.loss), 4)
     -0.1023
   """
-  validation.check_token_inputs(logp, mask, old_logp=old_logp)
-  validation.check_choice("aggregation", aggregation, agg_lib.AGGREGATION_MODES)
   validation.check_positive("kl_coef", kl_coef, strict=False)
-  m = validation.mask_as_float(mask)
-  valid = m > 0
-  adv = jax.lax.stop_gradient(validation.advantages_as_tokens(advantages, logp))
-  adv = jnp.where(valid, adv, 0.0)
-  d = ratios.log_ratio(logp, old_logp, mask, level="token", clamp=clamp)
+  x = ratios.token_inputs(logp, old_logp, advantages, mask, clamp=clamp, aggregation=aggregation)
   cov = token_covariance(logp, advantages, mask)
   if selection is None:
     selected = kl_cov_selection(logp, advantages, mask, kl_cov_ratio=kl_cov_ratio)
   else:
-    selected = _check_selection(selection, logp, valid)
+    selected = _check_selection(selection, logp, x.valid)
   # |d| as sign(d) * d: its derivative at d = 0 is 0, as torch's abs (jnp.abs has 1 there, which
   # would make the penalty push on-policy tokens down).
-  abs_d = jnp.sign(d) * d
-  per_token = -adv * jnp.exp(d) + jnp.where(selected, kl_coef * abs_d, 0.0)
-  loss = agg_lib.aggregate(per_token, m, aggregation, max_tokens=max_tokens,
+  abs_d = jnp.sign(x.d) * x.d
+  per_token = -x.adv * jnp.exp(x.d) + jnp.where(selected, kl_coef * abs_d, 0.0)
+  loss = agg_lib.aggregate(per_token, x.m, aggregation, max_tokens=max_tokens,
                            normalizer=normalizer)
-  metrics = _metrics(d, m, logp, old_logp, mask, clamp, cov, selected,
+  metrics = _metrics(x, clamp, cov, selected,
                      sums={"kl_cov_abs_log_ratio": jnp.where(selected, abs_d, 0.0)})
   metrics["kl_cov_abs_log_ratio"] /= jnp.maximum(metrics["num_selected"], 1.0)
   metrics["masked_frac"] = jnp.zeros((), jnp.float32)
-  metrics = {k: jax.lax.stop_gradient(v) for k, v in metrics.items()}
-  return types.LossOutput(loss, metrics)
+  return ratios.loss_output(loss, metrics)

@@ -140,75 +140,54 @@ def ppo_clip_loss(logp: jax.Array,
     >>> round(float(out.loss), 4)  # ratio 5, A = -1: PPO gives 5, the dual clip caps it at 3
     3.0
   """
-  validation.check_token_inputs(logp, mask, old_logp=old_logp)
   validation.check_choice("level", level, PPO_LEVELS)
   default_low, default_high = _DEFAULT_EPSILONS[level]
   epsilon_low = default_low if epsilon_low is None else epsilon_low
   epsilon_high = default_high if epsilon_high is None else epsilon_high
+  _check_clip(epsilon_low, epsilon_high, dual_clip)
+  aggregation = _DEFAULT_AGGREGATION[level] if aggregation is None else aggregation
+  x = ratios.token_inputs(logp, old_logp, advantages, mask, clamp=clamp, aggregation=aggregation)
+  if level == "token":
+    log_w = x.d
+  else:
+    s = jax.lax.stop_gradient(ratios.reduce_log_ratio(x.d, x.m, level="sequence", clamp=clamp))
+    # GSPO-token: value s_i on every token, gradient ∇ log π_θ(y_t) (zero where d_t is clamped).
+    log_w = s[:, None] + (x.d - jax.lax.stop_gradient(x.d))
+  clip = ratios.ppo_clip(jnp.exp(log_w), x.adv, epsilon_low, epsilon_high)
+  per_token, dual = clip.loss, jnp.zeros_like(x.valid)
+  if dual_clip is not None:
+    dual = (x.adv < 0) & (jnp.exp(jax.lax.stop_gradient(log_w)) > dual_clip)
+    per_token = jnp.where(x.adv < 0, jnp.minimum(per_token, -x.adv * dual_clip), per_token)
+  zeroed = clip.low | clip.high | dual
+  means = dict(clip.fractions(), dual_clip_frac=dual.astype(jnp.float32))
+  if is_weights is not None:
+    w = jnp.where(x.valid, token_weights(is_weights, logp, "is_weights"), 0.0)
+    per_token = per_token * w
+    zeroed = zeroed | (x.valid & (w == 0))
+    means["is_weight_mean"] = w
+  loss = agg_lib.aggregate(per_token, x.m, aggregation, max_tokens=max_tokens,
+                           normalizer=normalizer)
+  metrics = ratios.token_loss_metrics(x, clamp, means=dict(means, masked_frac=zeroed))
+  if level == "sequence":
+    metrics.update(_sequence_ratio_metrics(s, clip, x.m))
+  return ratios.loss_output(loss, metrics)
+
+
+def _check_clip(epsilon_low, epsilon_high, dual_clip) -> None:
   validation.check_positive("epsilon_low", epsilon_low, strict=False)
   validation.check_positive("epsilon_high", epsilon_high, strict=False)
   if dual_clip is not None:
     validation.check_positive("dual_clip", dual_clip)
     if not isinstance(dual_clip, jax.core.Tracer) and float(dual_clip) <= 1.0:
       raise ValueError(f"dual_clip must be None or > 1 (Ye et al. use 3), got {dual_clip}.")
-  if aggregation is None:
-    aggregation = _DEFAULT_AGGREGATION[level]
-  validation.check_choice("aggregation", aggregation, agg_lib.AGGREGATION_MODES)
 
-  m = validation.mask_as_float(mask)
-  valid = m > 0
-  adv = jax.lax.stop_gradient(validation.advantages_as_tokens(advantages, logp))
-  adv = jnp.where(valid, adv, 0.0)
-  # Token log-ratios: double-where on masked entries and clamp live in ratios.log_ratio.
-  d = ratios.log_ratio(logp, old_logp, m, level="token", clamp=clamp)
-  seq_d = ratios.log_ratio(logp, old_logp, m, level="sequence-sum", clamp=clamp)
+
+def _sequence_ratio_metrics(s, clip, m) -> dict:
+  """GSPO's ratio statistics: of the sequence ratios over non-empty rows, and clipped rows."""
   nonempty = jnp.sum(m, axis=-1) > 0
-  if level == "token":
-    log_w = d
-  else:
-    s = jax.lax.stop_gradient(ratios.log_ratio(logp, old_logp, m, level="sequence", clamp=clamp))
-    # GSPO-token: value s_i on every token, gradient ∇ log π_θ(y_t) (zero where d_t is clamped).
-    log_w = s[:, None] + (d - jax.lax.stop_gradient(d))
-  ratio = jnp.exp(log_w)
-
-  unclipped = -adv * ratio
-  clipped = -adv * jnp.clip(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
-  per_token = jnp.maximum(unclipped, clipped)
-  if dual_clip is not None:
-    per_token = jnp.where(adv < 0, jnp.minimum(per_token, -adv * dual_clip), per_token)
-  if is_weights is not None:
-    w = jnp.where(valid, token_weights(is_weights, logp, "is_weights"), 0.0)
-    per_token = per_token * w
-  per_token = jnp.where(valid, per_token, 0.0)
-  loss = agg_lib.aggregate(per_token, m, aggregation, max_tokens=max_tokens,
-                           normalizer=normalizer)
-
-  r = jax.lax.stop_gradient(ratio)
-  low = valid & (adv < 0) & (r < 1.0 - epsilon_low)
-  high = valid & (adv > 0) & (r > 1.0 + epsilon_high)
-  dual = (valid & (adv < 0) & (r > dual_clip)) if dual_clip is not None else jnp.zeros_like(low)
-  zeroed = low | high | dual
-  if is_weights is not None:
-    zeroed = zeroed | (valid & (w == 0))
-  fmean = lambda x: agg_lib.masked_mean(x.astype(jnp.float32), m)
-  metrics = ratios.ratio_metrics(d, m, clamp=clamp)
-  if level == "sequence":
-    seq_r = jnp.exp(s)
-    metrics.update(
-        ratio_mean=agg_lib.masked_mean(seq_r, nonempty),
-        ratio_min=agg_lib.masked_min(seq_r, nonempty),
-        ratio_max=agg_lib.masked_max(seq_r, nonempty),
-        seq_clip_frac=agg_lib.masked_mean(
-            jnp.any(low | high, axis=-1).astype(jnp.float32), nonempty))
-  metrics.update(
-      clip_frac_low=fmean(low),
-      clip_frac_high=fmean(high),
-      clip_frac=fmean(low | high),
-      dual_clip_frac=fmean(dual),
-      masked_frac=fmean(zeroed),
-      ess=ratios.effective_sample_size(seq_d, nonempty),
-  )
-  if is_weights is not None:
-    metrics["is_weight_mean"] = fmean(w)
-  metrics = {k: jax.lax.stop_gradient(v) for k, v in metrics.items()}
-  return types.LossOutput(loss, metrics)
+  seq_r = jnp.exp(s)
+  return dict(ratio_mean=agg_lib.masked_mean(seq_r, nonempty),
+              ratio_min=agg_lib.masked_min(seq_r, nonempty),
+              ratio_max=agg_lib.masked_max(seq_r, nonempty),
+              seq_clip_frac=agg_lib.masked_mean(
+                  jnp.any(clip.low | clip.high, axis=-1).astype(jnp.float32), nonempty))

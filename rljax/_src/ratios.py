@@ -1,11 +1,12 @@
 """Log-probability and importance-ratio helpers at token and sequence level."""
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
-from rljax._src import aggregation
+from rljax._src import aggregation as agg_lib
+from rljax._src import types
 from rljax._src import validation
 
 RATIO_LEVELS = ("token", "sequence", "sequence-sum")
@@ -75,8 +76,11 @@ def log_ratio(logp: jax.Array,
   d = jnp.where(valid, logp.astype(jnp.float32), 0.0) - jax.lax.stop_gradient(
       jnp.where(valid, behavior_logp.astype(jnp.float32), 0.0))
   d = _clamp(d, clamp)
-  if level == "token":
-    return d
+  return d if level == "token" else reduce_log_ratio(d, m, level=level, clamp=clamp)
+
+
+def reduce_log_ratio(d: jax.Array, m: jax.Array, *, level: str, clamp: Optional[float]):
+  """The ``sequence`` or ``sequence-sum`` log-ratio [B] from clamped token log-ratios `d`."""
   seq = jnp.sum(d * m, axis=-1)
   if level == "sequence":
     seq = seq / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
@@ -139,7 +143,7 @@ def ratio_metrics(log_ratios: jax.Array, mask: jax.Array, *, prefix: str = "rati
   :math:`\\mathbb{E}[\\rho - 1 - \\log\\rho]` (Schulman, "Approximating KL divergence", 2020).
   """
   means, mins, maxs = ratio_stat_terms(log_ratios, clamp)
-  out = aggregation.masked_stats(mask, means=means, mins=mins, maxs=maxs)
+  out = agg_lib.masked_stats(mask, means=means, mins=mins, maxs=maxs)
   return {(prefix + k[len("ratio"):] if k.startswith("ratio_") else k): v for k, v in out.items()}
 
 
@@ -151,3 +155,86 @@ def ratio_stat_terms(d: jax.Array, clamp: Optional[float]):
   if clamp is not None:
     means["log_ratio_clamped_frac"] = (jnp.abs(d) >= clamp).astype(jnp.float32)
   return means, {"ratio_min": r}, {"ratio_max": r}
+
+
+class PPOClip(NamedTuple):
+  """What `ppo_clip` returns: the per-token surrogate and where the clip takes its gradient.
+
+  Attributes:
+    loss: [B, T] per-token clipped surrogate.
+    low: bool [B, T], A < 0 and ρ < 1 - ε_low (clipped below: no gradient).
+    high: bool [B, T], A > 0 and ρ > 1 + ε_high (clipped above: no gradient).
+  """
+
+  loss: jax.Array
+  low: jax.Array
+  high: jax.Array
+
+  def fractions(self) -> dict:
+    """The [B, T] indicators whose token means are ``clip_frac_low/high`` and ``clip_frac``."""
+    as_float = lambda x: x.astype(jnp.float32)
+    return {"clip_frac_low": as_float(self.low), "clip_frac_high": as_float(self.high),
+            "clip_frac": as_float(self.low | self.high)}
+
+
+def ppo_clip(ratio: jax.Array, advantages: jax.Array, epsilon_low, epsilon_high) -> PPOClip:
+  r"""PPO's clipped surrogate per token (Schulman et al., arXiv 1707.06347),
+
+  .. math:: \ell_t = \max\big(-A_t\rho_t,\ -A_t\,\mathrm{clip}(\rho_t, 1-\varepsilon_l,
+     1+\varepsilon_h)\big),
+
+  whose gradient is zero exactly where the clipped term is the larger: ``low`` or ``high``.
+  `advantages` are data, 0 on masked tokens (so neither mask holds a masked token).
+  """
+  lo, hi = 1.0 - epsilon_low, 1.0 + epsilon_high
+  loss = jnp.maximum(-advantages * ratio, -advantages * jnp.clip(ratio, lo, hi))
+  r = jax.lax.stop_gradient(ratio)
+  return PPOClip(loss, low=(advantages < 0) & (r < lo), high=(advantages > 0) & (r > hi))
+
+
+class TokenInputs(NamedTuple):
+  """What `token_inputs` returns, the common start of every token-ratio loss.
+
+  Attributes:
+    m: [B, T] float32 mask weights.
+    valid: bool [B, T], m > 0.
+    adv: [B, T] float32 advantages (data), 0 on masked tokens.
+    d: [B, T] token log-ratios clamped to ±clamp, 0 on masked tokens (see `log_ratio`).
+  """
+
+  m: jax.Array
+  valid: jax.Array
+  adv: jax.Array
+  d: jax.Array
+
+
+def token_inputs(logp, old_logp, advantages, mask, *, clamp: Optional[float],
+                 aggregation: str) -> TokenInputs:
+  """Checks the inputs of a token-ratio loss and computes its mask, advantages and log-ratios."""
+  validation.check_token_inputs(logp, mask, old_logp=old_logp)
+  validation.check_choice("aggregation", aggregation, agg_lib.AGGREGATION_MODES)
+  m = validation.mask_as_float(mask)
+  valid = m > 0
+  adv = jax.lax.stop_gradient(validation.advantages_as_tokens(advantages, logp))
+  d = log_ratio(logp, old_logp, m, level="token", clamp=clamp)
+  return TokenInputs(m, valid, jnp.where(valid, adv, 0.0), d)
+
+
+def token_loss_metrics(inputs: TokenInputs, clamp: Optional[float], *, means=None,
+                       sums=None) -> dict:
+  """`ratio_metrics` of ``inputs.d``, extra token means and sums, and the sequence ``ess``.
+
+  One fused reduction (`agg_lib.masked_stats`) for every token statistic; the
+  effective sample size is that of the sequence log-ratios over non-empty rows.
+  """
+  ratio_means, mins, maxs = ratio_stat_terms(inputs.d, clamp)
+  metrics = agg_lib.masked_stats(inputs.m, means=dict(ratio_means, **(means or {})),
+                                         sums=sums, mins=mins, maxs=maxs)
+  seq_d = reduce_log_ratio(inputs.d, inputs.m, level="sequence-sum", clamp=clamp)
+  metrics["ess"] = effective_sample_size(seq_d, jnp.sum(inputs.m, axis=-1) > 0)
+  return metrics
+
+
+def loss_output(loss: jax.Array, metrics: dict) -> types.LossOutput:
+  """`LossOutput(loss, metrics)` with every metric a stop-gradient diagnostic."""
+  return types.LossOutput(loss, {k: jax.lax.stop_gradient(v) for k, v in metrics.items()})
