@@ -328,30 +328,17 @@ def rec_loss(logp: jax.Array,
     >>> round(float(out.loss), 4), float(out.metrics['masked_frac'])  # -log .5 / 2
     (0.3466, 0.5)
   """
-  validation.check_token_inputs(logp, mask, old_logp=old_logp)
-  validation.check_choice("aggregation", aggregation, agg_lib.AGGREGATION_MODES)
   validation.check_choice("variant", variant, REC_VARIANTS)
-  for name, value in (("epsilon_low", epsilon_low), ("epsilon_high", epsilon_high)):
-    validation.check_positive(name, value, strict=False)
   clip_mode, weight = variant.rsplit("-", 1)
-  if clip_mode == "ring":
-    for name, value, inner in (("ring_epsilon_low", ring_epsilon_low, epsilon_low),
-                               ("ring_epsilon_high", ring_epsilon_high, epsilon_high)):
-      validation.check_positive(name, value, strict=False)
-      traced = any(isinstance(x, jax.core.Tracer) for x in (value, inner))
-      if not traced and float(value) < float(inner):
-        raise ValueError(f"{name}={value} must be >= the inner epsilon {inner} for a ring.")
-  m = validation.mask_as_float(mask)
-  valid = m > 0
-  adv = jax.lax.stop_gradient(validation.advantages_as_tokens(advantages, logp))
-  adv = jnp.where(valid, adv, 0.0)
-  lp = jnp.where(valid, logp.astype(jnp.float32), 0.0)
-  d = ratios.log_ratio(logp, old_logp, mask, level="token", clamp=clamp)
-  rho = jnp.exp(jax.lax.stop_gradient(d))
+  _check_rec_epsilons(clip_mode, epsilon_low, epsilon_high, ring_epsilon_low, ring_epsilon_high)
+  x = ratios.token_inputs(logp, old_logp, advantages, mask, clamp=clamp, aggregation=aggregation)
+  adv, lp = x.adv, jnp.where(x.valid, logp.astype(jnp.float32), 0.0)
+  rho = jnp.exp(jax.lax.stop_gradient(x.d))
+  clip = ratios.ppo_clip(rho, adv, epsilon_low, epsilon_high)
   lo, hi = 1.0 - epsilon_low, 1.0 + epsilon_high
   inside = (rho >= lo) & (rho <= hi)
   if clip_mode == "none":
-    keep = jnp.ones_like(valid)
+    keep = jnp.ones_like(x.valid)
   elif clip_mode == "oneside":
     keep = ((adv >= 0) & (rho <= hi)) | ((adv <= 0) & (rho >= lo))
   elif clip_mode == "twoside":
@@ -361,17 +348,22 @@ def rec_loss(logp: jax.Array,
             | ((adv <= 0) & (rho >= 1.0 + ring_epsilon_high)))
   w = rho if weight == "is" else jnp.ones_like(rho)
   per_token = jnp.where(keep, -w * adv * lp, 0.0)
-  loss = agg_lib.aggregate(per_token, m, aggregation, max_tokens=max_tokens,
+  loss = agg_lib.aggregate(per_token, x.m, aggregation, max_tokens=max_tokens,
                            normalizer=normalizer)
-  as_float = lambda x: x.astype(jnp.float32)
-  low = (adv < 0) & (rho < lo)
-  high = (adv > 0) & (rho > hi)
-  means, mins, maxs = ratios.ratio_stat_terms(d, clamp)
-  means.update({"clip_frac_low": as_float(low), "clip_frac_high": as_float(high),
-                "clip_frac": as_float(low | high), "masked_frac": as_float(~keep)})
-  metrics = agg_lib.masked_stats(m, means=means, mins=mins, maxs=maxs)
-  nonempty = jnp.sum(m, axis=-1) > 0
-  metrics["ess"] = ratios.effective_sample_size(
-      ratios.log_ratio(logp, old_logp, mask, level="sequence-sum", clamp=clamp), nonempty)
-  metrics = {k: jax.lax.stop_gradient(v) for k, v in metrics.items()}
-  return types.LossOutput(loss, metrics)
+  metrics = ratios.token_loss_metrics(
+      x, clamp, means=dict(clip.fractions(), masked_frac=(~keep).astype(jnp.float32)))
+  return ratios.loss_output(loss, metrics)
+
+
+def _check_rec_epsilons(clip_mode, epsilon_low, epsilon_high, ring_epsilon_low,
+                        ring_epsilon_high) -> None:
+  for name, value in (("epsilon_low", epsilon_low), ("epsilon_high", epsilon_high)):
+    validation.check_positive(name, value, strict=False)
+  if clip_mode != "ring":
+    return
+  for name, value, inner in (("ring_epsilon_low", ring_epsilon_low, epsilon_low),
+                             ("ring_epsilon_high", ring_epsilon_high, epsilon_high)):
+    validation.check_positive(name, value, strict=False)
+    traced = any(isinstance(x, jax.core.Tracer) for x in (value, inner))
+    if not traced and float(value) < float(inner):
+      raise ValueError(f"{name}={value} must be >= the inner epsilon {inner} for a ring.")

@@ -5,6 +5,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from rljax._src import ratios
 from rljax._src import validation
 
 KL_ESTIMATORS = ("k1", "k2", "k3", "abs", "mse")
@@ -15,7 +16,7 @@ def kl_divergence(logp: jax.Array,
                   mask: jax.Array,
                   *,
                   estimator: str = "k3",
-                  clamp: Optional[float] = 20.0) -> jax.Array:
+                  clamp: Optional[float] = ratios.DEFAULT_CLAMP) -> jax.Array:
   r"""Per-token estimate of KL(π_θ‖π_ref) from tokens sampled under π_θ.
 
   Schulman, "Approximating KL Divergence" (2020), with :math:`d = \log\pi_\theta - \log\pi_{ref}`:
@@ -51,13 +52,7 @@ def kl_divergence(logp: jax.Array,
   """
   validation.check_token_inputs(logp, mask, ref_logp=ref_logp)
   validation.check_choice("estimator", estimator, KL_ESTIMATORS)
-  m = validation.mask_as_float(mask)
-  valid = m > 0
-  d = jnp.where(valid, logp.astype(jnp.float32), 0.0) - jax.lax.stop_gradient(
-      jnp.where(valid, ref_logp.astype(jnp.float32), 0.0))
-  if clamp is not None:
-    validation.check_positive("clamp", clamp)
-    d = jnp.clip(d, -clamp, clamp)
+  d = ratios.log_ratio(logp, ref_logp, mask, level="token", clamp=clamp)
   if estimator == "k1":
     kl = d
   elif estimator in ("k2", "mse"):
@@ -66,4 +61,4 @@ def kl_divergence(logp: jax.Array,
     kl = jnp.expm1(-d) + d
   else:
     kl = jnp.abs(d)
-  return jnp.where(valid, kl, 0.0)
+  return jnp.where(validation.mask_as_float(mask) > 0, kl, 0.0)

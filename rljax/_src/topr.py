@@ -104,65 +104,47 @@ def topr_loss(logp: jax.Array,
     >>> round(float(out.loss), 4)
     0.2599
   """
-  validation.check_token_inputs(logp, mask, behavior_logp=behavior_logp)
-  validation.check_choice("aggregation", aggregation, agg_lib.AGGREGATION_MODES)
   validation.check_choice("level", level, ratios.RATIO_LEVELS)
   neg_low, neg_high = _check_bounds("negative_bounds", negative_bounds)
   pos_low, pos_high = _check_bounds("positive_bounds", positive_bounds)
   rewards = jnp.asarray(rewards)
+  validation.check_token_inputs(logp, mask, behavior_logp=behavior_logp)
   if rewards.ndim == 2:
     validation.check_shape("rewards", rewards, logp.shape)
   else:
     validation.check_sequence_array("rewards", rewards, logp.shape[0])
-  m = validation.mask_as_float(mask)
-  valid = m > 0
-  adv = jax.lax.stop_gradient(validation.advantages_as_tokens(rewards, logp) - baseline)
-  adv = jnp.where(valid, adv, 0.0)
-  lp = jnp.where(valid, logp.astype(jnp.float32), 0.0)
-
-  token_d = ratios.log_ratio(logp, behavior_logp, mask, level="token", clamp=clamp)
-  if level == "token":
-    d = token_d
-  else:
-    d = ratios.log_ratio(logp, behavior_logp, mask, level=level, clamp=clamp)[:, None]
+  adv = jax.lax.stop_gradient(rewards.astype(jnp.float32) - baseline)
+  x = ratios.token_inputs(logp, behavior_logp, adv, mask, clamp=clamp, aggregation=aggregation)
+  d = x.d if level == "token" else ratios.reduce_log_ratio(x.d, x.m, level=level, clamp=clamp)
+  # The weight and the advantage each per row [B] or per token [B, T]; their product w·A is per
+  # row only when both are, and the aggregation then runs on row sums of log π.
+  a = adv
+  if d.ndim != a.ndim:
+    d, a = (d, a[:, None]) if a.ndim == 1 else (d[:, None], a)
   rho = jnp.exp(jax.lax.stop_gradient(d))
-  taper = lambda rho, negative: jnp.where(negative, jnp.clip(rho, neg_low, neg_high),
-                                          jnp.clip(rho, pos_low, pos_high))
-  negative = adv < 0
-  w = jax.lax.stop_gradient(jnp.broadcast_to(taper(rho, negative), logp.shape))
-  if rewards.ndim == 1 and level != "token":
-    # Sequence rewards and a sequence-level ratio make the token weight w·A a per-row constant,
-    # so the loss aggregates from the row sums of log π, without a [B, T] product.
-    seq_adv = jax.lax.stop_gradient(rewards.astype(jnp.float32) - baseline)
-    loss = agg_lib.aggregate_advantage_weighted(logp, taper(rho[:, 0], seq_adv < 0) * seq_adv,
-                                                mask, aggregation, max_tokens=max_tokens,
-                                                normalizer=normalizer)
-  else:
-    loss = agg_lib.aggregate(-w * adv * lp, m, aggregation, max_tokens=max_tokens,
-                             normalizer=normalizer)
-
-  as_float = lambda x: x.astype(jnp.float32)
-  means, mins, maxs = ratios.ratio_stat_terms(token_d, clamp)
-  means.update({
-      "weight_mean": w,
-      "negative_frac": as_float(negative),
-      "capped_frac": as_float(negative & (rho > neg_high)),
-      "masked_frac": as_float(w == 0.0),
-  })
+  negative = a < 0
+  w = jnp.where(negative, jnp.clip(rho, neg_low, neg_high), jnp.clip(rho, pos_low, pos_high))
+  loss = agg_lib.aggregate_advantage_weighted(logp, w * a, x.m, aggregation,
+                                              max_tokens=max_tokens, normalizer=normalizer)
+  tokens = lambda v: jnp.broadcast_to(v if v.ndim == 2 else v[:, None], logp.shape)
+  w, rho, negative = tokens(w), tokens(rho), tokens(negative)
+  means = {"weight_mean": w, "negative_frac": negative.astype(jnp.float32),
+           "capped_frac": (negative & (rho > neg_high)).astype(jnp.float32),
+           "masked_frac": (w == 0.0).astype(jnp.float32)}
   if rewards.ndim == 2:
-    means.update({"_positive_mass": jnp.where(negative, 0.0, jnp.abs(adv)),
-                  "_mass": jnp.abs(adv)})
-  metrics = agg_lib.masked_stats(m, means=means, mins=mins, maxs=maxs)
-  nonempty = jnp.sum(m, axis=-1) > 0
-  if rewards.ndim == 1:  # per-sequence shares, as in the paper
-    seq_adv = jax.lax.stop_gradient(rewards.astype(jnp.float32) - baseline)
-    pos_mass = jnp.sum(jnp.where(nonempty & (seq_adv >= 0), jnp.abs(seq_adv), 0.0))
-    all_mass = jnp.sum(jnp.where(nonempty, jnp.abs(seq_adv), 0.0))
-  else:
+    means.update(_positive_mass=jnp.where(negative, 0.0, jnp.abs(x.adv)), _mass=jnp.abs(x.adv))
+  metrics = ratios.token_loss_metrics(x, clamp, means=means)
+  if rewards.ndim == 2:
     pos_mass, all_mass = metrics.pop("_positive_mass"), metrics.pop("_mass")
+  else:  # per-sequence shares, as in the paper
+    pos_mass, all_mass = _sequence_masses(adv, x.m)
   metrics["effective_positive_frac"] = jnp.where(
       all_mass > 0, pos_mass / jnp.maximum(all_mass, 1e-30), 0.0)
-  seq_d = ratios.log_ratio(logp, behavior_logp, mask, level="sequence-sum", clamp=clamp)
-  metrics["ess"] = ratios.effective_sample_size(seq_d, nonempty)
-  metrics = {k: jax.lax.stop_gradient(v) for k, v in metrics.items()}
-  return types.LossOutput(loss, metrics)
+  return ratios.loss_output(loss, metrics)
+
+
+def _sequence_masses(seq_adv, m):
+  """Σ|A| over non-empty rows with A >= 0, and over all non-empty rows."""
+  nonempty = jnp.sum(m, axis=-1) > 0
+  pos_mass = jnp.sum(jnp.where(nonempty & (seq_adv >= 0), jnp.abs(seq_adv), 0.0))
+  return pos_mass, jnp.sum(jnp.where(nonempty, jnp.abs(seq_adv), 0.0))
