@@ -657,7 +657,7 @@ def test_reinforce_ada_simulation(rule):
     r = (draw_rng.random((num_prompts, m)) < p[:, None]).astype(np.float32)
     return np.where(active[:, None], r, -1.0)  # Garbage in inactive rows is ignored.
 
-  groups, stats, state = ada.collect(jax.random.key(0), num_prompts, draw_rewards)
+  groups, stats, state = ada._collect_rounds(jax.random.key(0), num_prompts, draw_rewards)
   rewards, drawn = np.asarray(state.rewards), np.asarray(state.drawn)
   exit_round = np.asarray(state.exit_round)
   pos = drawn & (rewards > 0.7)
