@@ -20,7 +20,7 @@ from rljax.sampling.sampler import sample_fn
 from rljax.train import estimators as est_lib
 from rljax.train import mesh as mesh_lib
 from rljax.train import train_step as ts
-from rljax.train.rollout import Rollout
+from rljax.train.batch import TrainBatch
 
 G = 2            # completions per prompt
 NUM_PROMPTS = 8
@@ -49,20 +49,20 @@ def setup():
                                                 temperature=1.0, stop_tokens=(EOS,)))(
                                                     params, ids, mask, jax.random.key(1))
   rewards = np.array([1, 0, 0, 0, 1, 1, 0, 1, 1, 0, 0, 1, 0, 0, 1, 0], np.float32)
-  batch = Rollout.from_sample(sample, rewards, group_size=G)
+  batch = TrainBatch.from_sample(sample, rewards, group_size=G)
   return graphdef, params, batch
 
 
 def _independent_logp(graphdef, params, batch):
   """log p(tokens[t] | tokens[:t]) from the model's logits (no rljax.models.score)."""
   model = nnx.merge(graphdef, params)
-  input_mask = np.maximum(np.asarray(batch.prompt_mask), np.asarray(batch.completion_mask))
+  input_mask = np.maximum(np.asarray(batch.sample.prompt_mask), np.asarray(batch.sample.completion_mask))
   positions = np.maximum(np.cumsum(input_mask, axis=1) - 1, 0)
-  logits = model(batch.tokens, jnp.asarray(positions), jnp.asarray(input_mask))
+  logits = model(batch.sample.tokens, jnp.asarray(positions), jnp.asarray(input_mask))
   logp_all = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-  lp = jnp.take_along_axis(logp_all, batch.tokens[:, 1:, None], axis=-1)[..., 0]
+  lp = jnp.take_along_axis(logp_all, batch.sample.tokens[:, 1:, None], axis=-1)[..., 0]
   lp = jnp.pad(lp, ((0, 0), (1, 0)))
-  return lp * batch.completion_mask
+  return lp * batch.sample.completion_mask
 
 
 def _sgd(lr):
@@ -120,11 +120,11 @@ def test_batch_metrics_match_numpy(setup):
   graphdef, params, batch = setup
   _, m = _reinforce_update(graphdef)(_sgd_state(params), params, batch, jax.random.key(0))
   r = np.asarray(batch.rewards)
-  cm = np.asarray(batch.completion_mask)
+  cm = np.asarray(batch.sample.completion_mask)
   np.testing.assert_allclose(m['reward_mean'], r.mean(), rtol=1e-6)
   np.testing.assert_allclose(m['reward_std'], r.std(), rtol=1e-6)
   np.testing.assert_allclose(m['response_length'], cm.sum(1).mean(), rtol=1e-6)
-  np.testing.assert_allclose(m['truncation_rate'], 1 - np.asarray(batch.stopped).mean(),
+  np.testing.assert_allclose(m['truncation_rate'], 1 - np.asarray(batch.sample.stopped).mean(),
                              atol=1e-7)
   groups = r.reshape(-1, G)
   np.testing.assert_allclose(m['mixed_groups_frac'],
@@ -133,8 +133,8 @@ def test_batch_metrics_match_numpy(setup):
   np.testing.assert_allclose(m['kl_ref'], 0.0, atol=1e-7)
   # Entropy of the trainer's distributions at the completion tokens, from the logits.
   model = nnx.merge(graphdef, params)
-  im = np.maximum(np.asarray(batch.prompt_mask), cm)
-  logits = model(batch.tokens, jnp.asarray(np.maximum(np.cumsum(im, 1) - 1, 0)), jnp.asarray(im))
+  im = np.maximum(np.asarray(batch.sample.prompt_mask), cm)
+  logits = model(batch.sample.tokens, jnp.asarray(np.maximum(np.cumsum(im, 1) - 1, 0)), jnp.asarray(im))
   p = jax.nn.softmax(logits[:, :-1], -1)
   ent = -jnp.sum(p * jnp.log(p), -1)
   want = float(jnp.sum(ent * cm[:, 1:]) / cm.sum())
@@ -147,7 +147,7 @@ def test_minibatches_are_sequential_optimizer_steps(setup):
   state = _sgd_state(params)
   combined, _ = _reinforce_update(graphdef, 2)(state, params, batch, jax.random.key(0))
   one = _reinforce_update(graphdef)
-  half = batch.tokens.shape[0] // 2
+  half = batch.sample.tokens.shape[0] // 2
   first = jax.tree.map(lambda x: x[:half], batch)
   second = jax.tree.map(lambda x: x[half:], batch)
   s1, _ = one(state, params, first, jax.random.key(0))
@@ -192,7 +192,7 @@ def test_every_estimator_preset_calls_its_loss(name):
     x = est_lib.LossInputs(logp=logp, old_logp=old, behavior_logp=old, ref_logp=old - 0.1,
                            advantages=adv, rewards=rewards, mask=jnp.asarray(mask),
                            key=jax.random.key(0), group_size=G)
-    return spec.call(x, kwargs).loss
+    return spec(x, kwargs).loss
 
   # At the anchor (ratio 1): inside every clip range, GSPO's 3e-4 included.
   logp = old
@@ -201,7 +201,7 @@ def test_every_estimator_preset_calls_its_loss(name):
   assert np.all(np.isfinite(np.asarray(grad))), name
   assert float(jnp.sum(jnp.abs(grad))) > 0, name
   np.testing.assert_array_equal(np.asarray(grad)[mask == 0], 0.0)
-  if spec.defaults.get('level') == 'sequence':
+  if spec.presets.get('level') == 'sequence':
     assert name == 'gspo'
 
 
@@ -209,10 +209,10 @@ def test_sft_step_minimises_demonstration_nll(setup):
   graphdef, params, batch = setup
   lr = 0.2
   step = ts.make_sft_step(graphdef, optax.sgd(lr), donate=False)
-  target = batch.completion_mask
-  input_mask = batch.input_mask
+  target = batch.sample.completion_mask
+  input_mask = batch.sample.input_mask
   state = ts.TrainState(_copy(params), optax.sgd(lr).init(params), jnp.zeros((), jnp.int32))
-  new, m = step(state, batch.tokens, input_mask, target)
+  new, m = step(state, batch.sample.tokens, input_mask, target)
 
   def nll(p):
     lp = _independent_logp(graphdef, p, batch)
@@ -243,8 +243,8 @@ def test_data_parallel_8_devices_equals_one_device(setup):
       ref = jax.device_put(_copy(params), mesh_lib.param_shardings(params, mesh))
       sharded = mesh_lib.shard_batch(batch, mesh)
       if mesh.size == 8:
-        assert sharded.tokens.sharding.spec == mesh_lib.batch_spec(2)
-        assert len(sharded.tokens.addressable_shards) == 8
+        assert sharded.sample.tokens.sharding.spec == mesh_lib.batch_spec(2)
+        assert len(sharded.sample.tokens.addressable_shards) == 8
       for i in range(2):
         state, metrics = update(state, ref, sharded, jax.random.key(i))
     results.append((jax.device_get(state.params), jax.device_get(metrics)))
@@ -313,7 +313,7 @@ def test_schedule_warmup_then_cosine():
 def test_rollout_from_sample_validates(setup):
   _, _, batch = setup
   with pytest.raises(ValueError, match='group_size=3'):
-    Rollout.from_sample(batch, batch.rewards, group_size=3)
+    TrainBatch.from_sample(batch.sample, batch.rewards, group_size=3)
   with pytest.raises(ValueError, match='rewards must have shape'):
-    Rollout.from_sample(batch, batch.rewards[:4], group_size=G)
+    TrainBatch.from_sample(batch.sample, batch.rewards[:4], group_size=G)
   np.testing.assert_array_equal(batch.group_ids, np.arange(16) // G)

@@ -1,6 +1,6 @@
 """rljax.train: the training batch, the jitted sharded updates, mesh, checkpoints and metrics.
 
-* `Rollout`: the sampler's rollout plus rewards, advantages and group ids.
+* `TrainBatch`: the sampler's `Rollout` composed with rewards, advantages and group ids.
 * `make_rl_update` / `make_sft_step` (module `rljax.train.train_step`): jitted updates over a
   mesh; the estimator is chosen by name from `ESTIMATORS`.
 * `make_mesh`, `param_shardings`, `shard_batch` (module `rljax.train.mesh`).
@@ -19,7 +19,7 @@ from rljax.train.mesh import param_shardings
 from rljax.train.mesh import shard_batch
 from rljax.train.metrics import create_default_writer
 from rljax.train.metrics import read_jsonl
-from rljax.train.rollout import Rollout
+from rljax.train.batch import TrainBatch
 from rljax.train.train_step import LossConfig
 from rljax.train.train_step import OptimizerConfig
 from rljax.train.train_step import TrainState
@@ -30,7 +30,7 @@ from rljax.train.train_step import make_sft_step
 
 __all__ = [
     'CheckpointFallbackWarning', 'Checkpointer', 'ESTIMATORS', 'EstimatorSpec', 'LossConfig',
-    'LossInputs', 'OptimizerConfig', 'Rollout', 'TrainState', 'compute_advantages',
+    'LossInputs', 'OptimizerConfig', 'TrainBatch', 'TrainState', 'compute_advantages',
     'create_default_writer', 'init_train_state', 'make_mesh', 'make_optimizer',
     'make_rl_update', 'make_sft_step', 'param_shardings', 'read_jsonl', 'shard_batch',
 ]

@@ -41,18 +41,6 @@ class CheckpointFallbackWarning(UserWarning):
   """Issued when the latest checkpoint cannot be read and an older one is restored."""
 
 
-def key_to_data(key: jax.Array) -> jax.Array:
-  """Typed or raw PRNG key -> uint32 key data (a plain array orbax can save)."""
-  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-    return jax.random.key_data(key)
-  return key
-
-
-def data_to_key(data: jax.Array, typed: bool = True) -> jax.Array:
-  """Inverse of `key_to_data` (default implementation's typed key)."""
-  return jax.random.wrap_key_data(data) if typed else data
-
-
 class Checkpointer:
   """Saves and restores (state pytree, JSON metadata) by step with fallback on corruption.
 

@@ -1,40 +1,20 @@
-"""Estimators selectable by name in the train step, with their paper/library presets.
+"""The estimator registry: every estimator the train step and the launcher can run, in one place.
 
-Each entry maps a name (``--estimator=NAME``) to
-
-* the loss: a function of a `LossInputs` batch that calls one `rljax.*_loss`,
-* the default advantage mode and aggregation (overridable by `LossConfig`),
-* default hyperparameters (used where the `LossConfig` field is None).
-
-The `rljax.*` losses are looked up when the step is traced, so this module imports with only
-the primitives present; an estimator whose loss is missing fails at start-up (`check_available`)
-with a message naming it.
-
-Presets (paper / library defaults):
-
-| name | loss | advantages | aggregation | notes |
-| --- | --- | --- | --- | --- |
-| reinforce | `reinforce_loss` | rloo | seq-mean-token-sum | REINFORCE with the RLOO baseline (Ahmadian et al., arXiv 2402.14740) |
-| grpo | `ppo_clip_loss` | group (std) | token-mean | eps 0.2/0.2; GRPO (arXiv 2402.03300) as verl/TRL |
-| ppo | `ppo_clip_loss` | group (std) | token-mean | alias of grpo's loss (no critic) |
-| dr_grpo | `ppo_clip_loss` | group (no std) | seq-mean-token-sum-norm | Dr. GRPO (arXiv 2503.20783) |
-| dapo | `ppo_clip_loss` | group (std) | token-mean | clip-higher eps 0.2/0.28 (DAPO, arXiv 2503.14476) |
-| gspo | `ppo_clip_loss(level='sequence')` | group (std) | seq-mean-token-mean | eps 3e-4/4e-4 (GSPO, arXiv 2507.18071) |
-| cispo | `cispo_loss` | group (std) | token-mean | MiniMax-M1 (arXiv 2506.13585); eps_high 0.28 (Trinity-RFT) |
-| topr | `topr_loss` | raw rewards | seq-mean-token-mean | TOPR (arXiv 2503.14286) |
-| copg | `copg_loss` | raw rewards | (sequence level) | CoPG (arXiv 2406.19185) |
-| opmd | `opmd_loss` | raw rewards (own group baseline) | seq-mean-token-sum | Kimi k1.5 OPMD (REC paper, arXiv 2509.24203) |
-| asymre | `asymre_loss` | raw rewards (own shifted baseline) | token-mean | AsymRE (arXiv 2506.20520) |
-| rec | `rec_loss` | group (none) | token-mean | REC variants (arXiv 2509.24203) |
-| clip_cov | `clip_cov_loss` | group (std) | token-mean | Entropy Mechanism (arXiv 2505.22617) |
-| kl_cov | `kl_cov_loss` | group (std) | token-mean | Entropy Mechanism (arXiv 2505.22617) |
+An `EstimatorSpec` holds the `rljax` loss function itself, which `LossInputs` fields it takes
+positionally, its preset (advantage mode, aggregation, hyperparameters, with their paper or
+library source), the launcher flags it reads (`Flag`: flag name -> loss keyword) and its
+constraints (minimum group size, whether rollout-vs-trainer IS weights apply). The train step
+(`rljax.train.train_step`), the launcher's `--estimator` choices and per-estimator flags
+(`experiments/config.py`), the comparison script (`experiments/compare.py`) and the README's
+estimator table (`estimator_table()`) all read `ESTIMATORS`: adding an estimator to the launcher is
+one entry here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +23,8 @@ import rljax
 
 ADVANTAGE_MODES = ('group', 'group-none', 'group-batch-std', 'rloo', 'global', 'raw',
                    'given')
+# Advantage modes that subtract a baseline over the other completions of the prompt.
+GROUP_BASELINE_MODES = ('group', 'group-none', 'group-batch-std', 'rloo', 'global')
 IS_CORRECTIONS = ('none', 'tis', 'mis')
 OLD_LOGP_SOURCES = ('trainer', 'sampler')
 
@@ -79,165 +61,174 @@ class LossInputs:
 
 
 @dataclasses.dataclass(frozen=True)
-class EstimatorSpec:
-  """A named estimator preset.
+class Flag:
+  """A launcher flag (`--name`, default unset: the preset) that sets one loss keyword.
 
   Attributes:
-    name: the flag value.
-    loss_name: the `rljax` function called.
-    call: `(inputs, kwargs) -> LossOutput`.
-    advantage: default advantage mode (one of `ADVANTAGE_MODES`).
-    aggregation: default aggregation (None for sequence-level losses without one).
-    defaults: default keyword arguments of the loss; a `LossConfig` field of the same name,
-      when not None, overrides them.
-    needs_ref: whether the loss itself uses `ref_logp` (the reference is then always scored).
-    supports_is: whether rollout-vs-trainer IS weights (TIS/MIS) apply (losses of raw rewards
-      with their own construction do not take them).
-    description: one line for `--help`.
+    name: the flag and `experiments.config.Config` field.
+    keyword: the loss function's keyword argument it sets.
+    help: one line for `--help`.
+    kind: float or str.
+    lo, hi, lo_open: bounds checked by `Config.validate`.
+    choices: valid values (str flags), or None.
   """
 
   name: str
-  loss_name: str
-  call: Callable[[LossInputs, dict[str, Any]], Any]
+  keyword: str
+  help: str
+  kind: type = float
+  lo: Optional[float] = None
+  hi: Optional[float] = None
+  lo_open: bool = False
+  choices: Optional[tuple[str, ...]] = None
+
+
+EPSILON_LOW = Flag('epsilon_low', 'epsilon_low', 'Lower clip range (preset if unset).', lo=0.0)
+EPSILON_HIGH = Flag('epsilon_high', 'epsilon_high', 'Upper clip range (preset if unset).',
+                    lo=0.0)
+DUAL_CLIP = Flag('dual_clip', 'dual_clip', 'Dual-clip constant c > 1 (unset: off).', lo=1.0,
+                 lo_open=True)
+PPO_FLAGS = (EPSILON_LOW, EPSILON_HIGH, DUAL_CLIP)
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimatorSpec:
+  """A named estimator: its loss, preset, flags and constraints.
+
+  Attributes:
+    name: the `--estimator` value.
+    loss: the `rljax` loss function.
+    inputs: the `LossInputs` fields passed positionally, in the loss's order.
+    advantage: preset advantage mode (one of `ADVANTAGE_MODES`).
+    aggregation: preset aggregation (None for losses without one, e.g. CoPG's pair loss).
+    presets: preset keyword arguments of the loss.
+    source: where the preset comes from (paper, library).
+    flags: the launcher flags the estimator reads.
+    description: one line for `--help` and the README.
+    min_group_size: fewest completions per prompt the loss is defined for.
+    needs_ref: whether the loss itself uses `ref_logp` (the reference is then always scored).
+    alias_of: the estimator this one duplicates under another name (left out of comparisons).
+  """
+
+  name: str
+  loss: Callable[..., Any]
+  inputs: tuple[str, ...]
   advantage: str
   aggregation: str | None
-  defaults: dict[str, Any]
-  needs_ref: bool = False
-  supports_is: bool = True
+  presets: Mapping[str, Any]
+  source: str
+  flags: tuple[Flag, ...] = ()
   description: str = ''
+  min_group_size: int = 1
+  needs_ref: bool = False
+  alias_of: str | None = None
+
+  @property
+  def keywords(self) -> frozenset[str]:
+    """The loss's keyword arguments."""
+    return frozenset(inspect.signature(self.loss).parameters) - set(self.inputs)
+
+  @property
+  def supports_is(self) -> bool:
+    """Rollout-vs-trainer IS weights apply to losses of advantages (not of raw rewards, whose
+    own construction the weights would change)."""
+    return 'advantages' in self.inputs
+
+  def __call__(self, x: LossInputs, kwargs: Mapping[str, Any]):
+    """The loss on `x` with `kwargs`; IS weights go to `is_weights` or into the advantages."""
+    kwargs = dict(kwargs)
+    fields = {f: getattr(x, f) for f in self.inputs}
+    if x.is_weights is not None:
+      if 'is_weights' in self.keywords:
+        kwargs['is_weights'] = x.is_weights
+      else:
+        adv = fields['advantages']
+        fields['advantages'] = (adv[:, None] if adv.ndim == 1 else adv) * x.is_weights
+    return self.loss(*fields.values(), **kwargs)
 
 
-def _fn(name):
-  fn = getattr(rljax, name, None)
-  if fn is None:
-    raise NotImplementedError(f'rljax.{name} is not available in this version of rljax')
-  return fn
+_ADV = ('logp', 'old_logp', 'advantages', 'mask')
 
 
-def _accepted(fn, kwargs):
-  """Drops keyword arguments the function does not take (e.g. `aggregation` of a sequence loss)."""
-  params = inspect.signature(fn).parameters
-  if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-    return dict(kwargs)
-  return {k: v for k, v in kwargs.items() if k in params}
+def _spec(name, loss, inputs, advantage, aggregation, description, *, source, flags=(),
+          presets=None, **options):
+  return EstimatorSpec(name=name, loss=loss, inputs=inputs, advantage=advantage,
+                       aggregation=aggregation, presets=dict(presets or {}), source=source,
+                       flags=tuple(flags), description=description, **options)
 
 
-def _with_is(fn, x: LossInputs, kw):
-  """Rollout-vs-trainer IS weights: the loss's `is_weights` if it has one, else on advantages."""
-  kw = _accepted(fn, kw)
-  adv = x.advantages
-  if x.is_weights is not None:
-    if 'is_weights' in inspect.signature(fn).parameters:
-      kw['is_weights'] = x.is_weights
-    else:
-      adv = (adv[:, None] if adv.ndim == 1 else adv) * x.is_weights
-  return adv, kw
-
-
-def _call_reinforce(x: LossInputs, kw):
-  fn = _fn('reinforce_loss')
-  adv, kw = _with_is(fn, x, kw)
-  return fn(x.logp, adv, x.mask, **kw)
-
-
-def _call_ppo(x: LossInputs, kw):
-  fn = _fn('ppo_clip_loss')
-  adv, kw = _with_is(fn, x, kw)
-  return fn(x.logp, x.old_logp, adv, x.mask, **kw)
-
-
-def _call_cispo(x: LossInputs, kw):
-  fn = _fn('cispo_loss')
-  adv, kw = _with_is(fn, x, kw)
-  return fn(x.logp, x.old_logp, adv, x.mask, **kw)
-
-
-def _call_topr(x: LossInputs, kw):
-  fn = _fn('topr_loss')
-  # TOPR's ratio is to the sampling distribution μ (the whole-sequence ratio of the paper), so it
-  # corrects the rollout-vs-trainer mismatch itself.
-  return fn(x.logp, x.behavior_logp, x.rewards, x.mask, **_accepted(fn, kw))
-
-
-def _call_copg(x: LossInputs, kw):
-  fn = _fn('copg_loss')
-  # CoPG regularises towards the reference policy: π* ∝ π_ref exp(R/β).
-  return fn(x.logp, x.ref_logp, x.rewards, x.mask, x.group_size, **_accepted(fn, kw))
-
-
-def _call_opmd(x: LossInputs, kw):
-  fn = _fn('opmd_loss')
-  return fn(x.logp, x.old_logp, x.rewards, x.mask, x.group_size, **_accepted(fn, kw))
-
-
-def _call_asymre(x: LossInputs, kw):
-  fn = _fn('asymre_loss')
-  return fn(x.logp, x.rewards, x.mask, x.group_size, **_accepted(fn, kw))
-
-
-def _call_rec(x: LossInputs, kw):
-  fn = _fn('rec_loss')
-  adv, kw = _with_is(fn, x, kw)
-  return fn(x.logp, x.old_logp, adv, x.mask, **kw)
-
-
-def _call_clip_cov(x: LossInputs, kw):
-  fn = _fn('clip_cov_loss')
-  adv, kw = _with_is(fn, x, kw)
-  return fn(x.logp, x.old_logp, adv, x.mask, x.key, **kw)
-
-
-def _call_kl_cov(x: LossInputs, kw):
-  fn = _fn('kl_cov_loss')
-  adv, kw = _with_is(fn, x, kw)
-  return fn(x.logp, x.old_logp, adv, x.mask, **kw)
-
-
-def _spec(name, loss_name, call, advantage, aggregation, description, needs_ref=False,
-          supports_is=True, **defaults):
-  return EstimatorSpec(name=name, loss_name=loss_name, call=call, advantage=advantage,
-                       aggregation=aggregation, defaults=defaults, needs_ref=needs_ref,
-                       supports_is=supports_is, description=description)
-
+_CLIP_02 = {'epsilon_low': 0.2, 'epsilon_high': 0.2}
 
 ESTIMATORS: dict[str, EstimatorSpec] = {
     s.name: s for s in (
-        _spec('reinforce', 'reinforce_loss', _call_reinforce, 'rloo', 'seq-mean-token-sum',
-              'REINFORCE with the leave-one-out (RLOO) baseline'),
-        _spec('grpo', 'ppo_clip_loss', _call_ppo, 'group', 'token-mean',
-              'GRPO: PPO clip with group-normalised advantages', epsilon_low=0.2,
-              epsilon_high=0.2),
-        _spec('ppo', 'ppo_clip_loss', _call_ppo, 'group', 'token-mean',
-              'PPO clip objective (critic-free, group advantages)', epsilon_low=0.2,
-              epsilon_high=0.2),
-        _spec('dr_grpo', 'ppo_clip_loss', _call_ppo, 'group-none', 'seq-mean-token-sum-norm',
-              'Dr. GRPO: no std scaling, constant length normaliser', epsilon_low=0.2,
-              epsilon_high=0.2),
-        _spec('dapo', 'ppo_clip_loss', _call_ppo, 'group', 'token-mean',
-              'DAPO clip-higher (eps_high 0.28), token-mean', epsilon_low=0.2,
-              epsilon_high=0.28),
-        _spec('gspo', 'ppo_clip_loss', _call_ppo, 'group', 'seq-mean-token-mean',
-              'GSPO: sequence-level (length-normalised) ratio clipping', epsilon_low=3e-4,
-              epsilon_high=4e-4, level='sequence'),
-        # CISPO publishes no epsilon_high; 0.28 is Trinity-RFT's (cap 1.28), no lower bound.
-        _spec('cispo', 'cispo_loss', _call_cispo, 'group', 'token-mean',
-              'CISPO: clipped stop-gradient IS weight times REINFORCE', epsilon_high=0.28),
-        _spec('topr', 'topr_loss', _call_topr, 'raw', 'seq-mean-token-mean',
-              'TOPR: tapered off-policy REINFORCE on raw rewards', supports_is=False),
-        _spec('copg', 'copg_loss', _call_copg, 'raw', None,
-              'CoPG: contrastive policy gradient over all pairs of a group', needs_ref=True,
-              supports_is=False),
-        _spec('opmd', 'opmd_loss', _call_opmd, 'raw', 'seq-mean-token-sum',
+        _spec('reinforce', rljax.reinforce_loss, ('logp', 'advantages', 'mask'), 'rloo',
+              'seq-mean-token-sum', 'REINFORCE with the leave-one-out (RLOO) baseline',
+              source='RLOO, Ahmadian et al. 2024 (arXiv 2402.14740)'),
+        _spec('grpo', rljax.ppo_clip_loss, _ADV, 'group', 'token-mean',
+              'GRPO: PPO clip with group-normalised advantages', flags=PPO_FLAGS,
+              presets=_CLIP_02, source='GRPO (arXiv 2402.03300); eps 0.2/0.2 as verl and TRL'),
+        _spec('ppo', rljax.ppo_clip_loss, _ADV, 'group', 'token-mean',
+              'PPO clip objective (critic-free, group advantages)', flags=PPO_FLAGS,
+              presets=_CLIP_02, alias_of='grpo',
+              source='PPO (arXiv 1707.06347); eps 0.2 of the paper'),
+        _spec('dr_grpo', rljax.ppo_clip_loss, _ADV, 'group-none', 'seq-mean-token-sum-norm',
+              'Dr. GRPO: no std scaling, constant length normaliser', flags=PPO_FLAGS,
+              presets=_CLIP_02, source='Dr. GRPO (arXiv 2503.20783)'),
+        _spec('dapo', rljax.ppo_clip_loss, _ADV, 'group', 'token-mean',
+              'DAPO clip-higher (eps_high 0.28), token-mean', flags=PPO_FLAGS,
+              presets={'epsilon_low': 0.2, 'epsilon_high': 0.28},
+              source='DAPO (arXiv 2503.14476), eps 0.2/0.28'),
+        _spec('gspo', rljax.ppo_clip_loss, _ADV, 'group', 'seq-mean-token-mean',
+              'GSPO: sequence-level (length-normalised) ratio clipping', flags=PPO_FLAGS,
+              presets={'epsilon_low': 3e-4, 'epsilon_high': 4e-4, 'level': 'sequence'},
+              source='GSPO (arXiv 2507.18071), eps 3e-4/4e-4'),
+        _spec('cispo', rljax.cispo_loss, _ADV, 'group', 'token-mean',
+              'CISPO: clipped stop-gradient IS weight times REINFORCE',
+              flags=(EPSILON_LOW, EPSILON_HIGH), presets={'epsilon_high': 0.28},
+              source='MiniMax-M1 (arXiv 2506.13585); the paper publishes no epsilon_high, '
+              "0.28 is Trinity-RFT's (cap 1.28), no lower bound"),
+        _spec('topr', rljax.topr_loss, ('logp', 'behavior_logp', 'rewards', 'mask'), 'raw',
+              'seq-mean-token-mean', 'TOPR: tapered off-policy REINFORCE on raw rewards',
+              flags=(Flag('topr_baseline', 'baseline', 'TOPR reward baseline (preset if unset).'),),
+              source='TOPR (arXiv 2503.14286); its ratio is to the sampling distribution, so it '
+              'corrects the rollout-vs-trainer mismatch itself'),
+        _spec('copg', rljax.copg_loss, ('logp', 'ref_logp', 'rewards', 'mask', 'group_size'),
+              'raw', None, 'CoPG: contrastive policy gradient over all pairs of a group',
+              flags=(Flag('copg_beta', 'beta', 'CoPG beta (preset if unset).', lo=0.0,
+                          lo_open=True),),
+              min_group_size=2, needs_ref=True,
+              source='CoPG (arXiv 2406.19185); regularises towards the reference policy, '
+              'pi* ∝ pi_ref exp(R / beta)'),
+        _spec('opmd', rljax.opmd_loss, ('logp', 'old_logp', 'rewards', 'mask', 'group_size'),
+              'raw', 'seq-mean-token-sum',
               'OPMD: group REINFORCE plus squared log-ratio to the old policy',
-              supports_is=False),
-        _spec('asymre', 'asymre_loss', _call_asymre, 'raw', 'token-mean',
-              'AsymRE: REINFORCE with a baseline shifted down', supports_is=False),
-        _spec('rec', 'rec_loss', _call_rec, 'group-none', 'token-mean',
-              'REC: REINFORCE with clipping masks (one-side, two-side, ring)'),
-        _spec('clip_cov', 'clip_cov_loss', _call_clip_cov, 'group', 'token-mean',
-              'Clip-Cov: detach gradients of high-covariance tokens'),
-        _spec('kl_cov', 'kl_cov_loss', _call_kl_cov, 'group', 'token-mean',
-              'KL-Cov: KL penalty on high-covariance tokens'),
+              flags=(Flag('opmd_tau', 'tau', 'OPMD tau, weight of the squared log-ratio '
+                          '(preset if unset).', lo=0.0, lo_open=True),),
+              source='Kimi k1.5 OPMD as in the REC paper (arXiv 2509.24203)'),
+        _spec('asymre', rljax.asymre_loss, ('logp', 'rewards', 'mask', 'group_size'), 'raw',
+              'token-mean', 'AsymRE: REINFORCE with a baseline shifted down',
+              flags=(Flag('asymre_shift', 'shift', 'AsymRE baseline shift delta (preset if '
+                          'unset).'),),
+              source='AsymRE (arXiv 2506.20520)'),
+        _spec('rec', rljax.rec_loss, _ADV, 'group-none', 'token-mean',
+              'REC: REINFORCE with clipping masks (one-side, two-side, ring)',
+              flags=(Flag('rec_variant', 'variant', 'REC mask variant (empty: preset).', kind=str,
+                          choices=tuple(rljax.REC_VARIANTS)), EPSILON_LOW, EPSILON_HIGH),
+              source='REC variants (arXiv 2509.24203)'),
+        _spec('clip_cov', rljax.clip_cov_loss, _ADV + ('key',), 'group', 'token-mean',
+              'Clip-Cov: detach gradients of high-covariance tokens',
+              flags=(Flag('clip_cov_ratio', 'clip_ratio', 'Clip-Cov fraction of tokens '
+                          'detached.', lo=0.0, hi=1.0),
+                     Flag('clip_cov_lower', 'cov_lower', 'Clip-Cov covariance lower bound.'),
+                     Flag('clip_cov_upper', 'cov_upper', 'Clip-Cov covariance upper bound.'),
+                     EPSILON_LOW, EPSILON_HIGH),
+              source='The Entropy Mechanism of RL for reasoning LMs (arXiv 2505.22617)'),
+        _spec('kl_cov', rljax.kl_cov_loss, _ADV, 'group', 'token-mean',
+              'KL-Cov: KL penalty on high-covariance tokens',
+              flags=(Flag('kl_cov_ratio', 'kl_cov_ratio', 'KL-Cov fraction of tokens '
+                          'penalised.', lo=0.0, hi=1.0),
+                     Flag('kl_cov_coef', 'kl_coef', 'KL-Cov penalty coefficient.', lo=0.0)),
+              source='The Entropy Mechanism of RL for reasoning LMs (arXiv 2505.22617)'),
     )
 }
 
@@ -248,16 +239,26 @@ def get_estimator(name: str) -> EstimatorSpec:
   return ESTIMATORS[name]
 
 
-def available_estimators() -> list[str]:
-  """Estimators whose loss function exists in the installed rljax."""
-  return [n for n, s in ESTIMATORS.items() if hasattr(rljax, s.loss_name)]
+def estimator_flags() -> dict[str, Flag]:
+  """Every flag some estimator reads, by name (a flag shared by several is one `Flag`)."""
+  out: dict[str, Flag] = {}
+  for spec in ESTIMATORS.values():
+    for flag in spec.flags:
+      if out.setdefault(flag.name, flag) != flag:
+        raise ValueError(f'estimators declare flag --{flag.name} differently')
+  return out
 
 
-def check_available(name: str) -> None:
-  spec = get_estimator(name)
-  if not hasattr(rljax, spec.loss_name):
-    raise ValueError(f'estimator {name!r} needs rljax.{spec.loss_name}, which this version of '
-                     f'rljax does not provide; available: {available_estimators()}')
+def estimator_table() -> str:
+  """The README's estimator table (markdown), generated from `ESTIMATORS`."""
+  rows = ['| `--estimator` | loss | advantages | aggregation | preset | flags | source |',
+          '| --- | --- | --- | --- | --- | --- | --- |']
+  for s in ESTIMATORS.values():
+    preset = ', '.join(f'{k}={v}' for k, v in s.presets.items()) or 'the loss defaults'
+    flag_names = ', '.join(f'`--{f.name}`' for f in s.flags) or '-'
+    rows.append(f'| {s.name} | `rljax.{s.loss.__name__}` | {s.advantage} | '
+                f'{s.aggregation or "-"} | {preset} | {flag_names} | {s.source} |')
+  return '\n'.join(rows)
 
 
 def compute_advantages(rewards: jax.Array, group_size: int, mode: str) -> jax.Array:
@@ -271,7 +272,7 @@ def compute_advantages(rewards: jax.Array, group_size: int, mode: str) -> jax.Ar
     per-prompt mean over all samples of the prompt in the batch).
   * ``raw``: the rewards themselves (for losses with their own baseline, e.g. TOPR, CoPG).
   * ``given``: computed outside the update (e.g. Reinforce-Ada's baseline over every sample
-    drawn for the prompt) and passed in `Rollout.advantages`; not handled here.
+    drawn for the prompt) and passed in `TrainBatch.advantages`; not handled here.
   """
   if mode not in ADVANTAGE_MODES or mode == 'given':
     raise ValueError(f'advantage must be one of {ADVANTAGE_MODES[:-1]} here, got {mode!r}')

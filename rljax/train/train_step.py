@@ -27,12 +27,18 @@ import optax
 from flax import nnx
 
 import rljax
+from rljax._src import aggregation as aggregation_lib
+from rljax._src import ratios as ratios_lib
+from rljax.models import score_fn
 from rljax.train import estimators as est_lib
 from rljax.train import mesh as mesh_lib
-from rljax.train.rollout import Rollout
+from rljax.train.batch import TrainBatch
 
 SCHEDULES = ('constant', 'cosine', 'linear')
 OPTIMIZERS = ('adamw', 'adam', 'sgd')
+# The importance-ratio diagnostics of the update, named as the metrics it reports.
+_RATIO_METRICS = {'ratio_mean': 'ratio/mean', 'ratio_max': 'ratio/max', 'ratio_min': 'ratio/min',
+                  'approx_kl': 'ratio/approx_kl_old', 'log_ratio_clamped_frac': 'ratio/clamped_frac'}
 
 
 @jax.tree_util.register_dataclass
@@ -153,6 +159,8 @@ class LossConfig:
       log-probs are those of the sampled distribution.
     kl_coef: weight of the KL-to-reference penalty (0: no penalty, and the reference is only
       scored for the `kl_ref` metric when `track_ref_kl`).
+    clamp: bound on the absolute log-ratio before `exp`, for the losses that take one and for
+      the `ratio/*` diagnostics.
     kl_estimator: 'k1', 'k2', 'k3', 'abs' or 'mse' (see `rljax.kl_divergence`).
     entropy_coef: weight of the entropy bonus.
     is_correction: 'none', 'tis' (truncate) or 'mis' (mask) rollout-vs-trainer importance
@@ -161,8 +169,10 @@ class LossConfig:
     is_level: 'token' or 'sequence'.
     old_logp: 'trainer' (recompute the proximal anchor with the trainer before the first
       update) or 'sampler' (use the sampler's behaviour log-probs).
-    loss_kwargs: estimator hyperparameters as (name, value) pairs, overriding the preset's.
-    track_ref_kl: score the reference even without a KL term, to report `kl_ref`.
+    loss_kwargs: estimator hyperparameters as (keyword, value) pairs, overriding the preset's;
+      every keyword must be one the estimator's loss takes.
+    track_ref_kl: score the reference even without a KL term, to report `kl_ref` (one more
+      forward pass per update).
   """
 
   estimator: str = 'grpo'
@@ -171,6 +181,7 @@ class LossConfig:
   max_tokens: int | None = None
   temperature: float = 1.0
   kl_coef: float = 0.0
+  clamp: float = 20.0
   kl_estimator: str = 'k3'
   entropy_coef: float = 0.0
   is_correction: str = 'none'
@@ -178,10 +189,14 @@ class LossConfig:
   is_level: str = 'token'
   old_logp: str = 'trainer'
   loss_kwargs: tuple[tuple[str, Any], ...] = ()
-  track_ref_kl: bool = True
+  track_ref_kl: bool = False
 
   def __post_init__(self):
-    est_lib.get_estimator(self.estimator)
+    spec = est_lib.get_estimator(self.estimator)
+    for keyword, _ in self.loss_kwargs:
+      if keyword not in spec.keywords:
+        raise ValueError(f'loss_kwargs: {spec.loss.__name__} (estimator {self.estimator!r}) '
+                         f'takes no keyword {keyword!r}; it takes {sorted(spec.keywords)}')
     if self.advantage is not None and self.advantage not in est_lib.ADVANTAGE_MODES:
       raise ValueError(f'advantage must be one of {est_lib.ADVANTAGE_MODES}, '
                        f'got {self.advantage!r}')
@@ -201,6 +216,8 @@ class LossConfig:
       raise ValueError(f'temperature must be > 0, got {self.temperature}')
     if self.kl_coef < 0 or self.entropy_coef < 0:
       raise ValueError('kl_coef and entropy_coef must be >= 0')
+    if not self.clamp > 0:
+      raise ValueError(f'clamp must be > 0, got {self.clamp}')
 
   @property
   def spec(self) -> est_lib.EstimatorSpec:
@@ -219,32 +236,14 @@ class LossConfig:
     return self.kl_coef > 0 or self.spec.needs_ref or self.track_ref_kl
 
   def estimator_kwargs(self, completion_width: int) -> dict[str, Any]:
-    kw = dict(self.spec.defaults)
+    """The loss's keyword arguments: the preset, then `loss_kwargs`, then the shared ones."""
+    spec = self.spec
+    kw = dict(spec.presets)
     kw.update(dict(self.loss_kwargs))
-    kw['aggregation'] = self.aggregation_mode
-    kw['max_tokens'] = self.max_tokens or completion_width
+    shared = {'aggregation': self.aggregation_mode,
+              'max_tokens': self.max_tokens or completion_width, 'clamp': self.clamp}
+    kw.update({k: v for k, v in shared.items() if k in spec.keywords})
     return kw
-
-
-def score_fn(graphdef: nnx.GraphDef, params: Any, tokens: jax.Array, input_mask: jax.Array,
-             mask: jax.Array, *, temperature: float = 1.0, return_entropy: bool = False):
-  """`rljax.models.score` of the model rebuilt from `(graphdef, params)` (usable under jit)."""
-  from rljax.models import score  # pylint: disable=g-import-not-at-top
-  model = nnx.merge(graphdef, params)
-  return score(model, tokens, input_mask, mask, temperature=temperature,
-               return_entropy=return_entropy)
-
-
-def _masked_mean(x, m):
-  return jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1.0)
-
-
-def _masked_max(x, m):
-  return jnp.max(jnp.where(m > 0, x, -jnp.inf), initial=-jnp.inf)
-
-
-def _masked_min(x, m):
-  return jnp.min(jnp.where(m > 0, x, jnp.inf), initial=jnp.inf)
 
 
 def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg: LossConfig,
@@ -267,12 +266,11 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
     donate: donate the input state's buffers.
 
   Returns:
-    A jitted function. `batch` is a `Rollout` whose leading dimension may be sharded over the
+    A jitted function. `batch` is a `TrainBatch` whose leading dimension may be sharded over the
     mesh's batch axes (call it under `jax.set_mesh(mesh)` so mini-batches keep that sharding);
     `ref_params` may be None when `cfg.uses_ref` is False. `metrics` is a dict of scalars.
   """
   spec = cfg.spec
-  est_lib.check_available(cfg.estimator)
   if cfg.is_correction != 'none' and not spec.supports_is:
     raise ValueError(f'is_correction={cfg.is_correction!r} does not apply to estimator '
                      f'{cfg.estimator!r}, which builds its own weights from raw rewards')
@@ -292,7 +290,7 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
         logp=logp, old_logp=mb['old_logp'], behavior_logp=mb['behavior_logp'],
         ref_logp=mb['ref_logp'], advantages=mb['advantages'], rewards=mb['rewards'],
         mask=mb['mask'], key=key, group_size=group_size, is_weights=mb.get('is_weights'))
-    main = spec.call(inputs, loss_kwargs)
+    main = spec(inputs, loss_kwargs)
     total = main.loss
     metrics = {f'loss/{k}': v for k, v in main.metrics.items()}
     metrics['loss/policy'] = main.loss
@@ -308,18 +306,15 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
       total = total + ent.loss
       metrics['loss/entropy_bonus'] = ent.loss
     # Importance-ratio diagnostics of the current policy against the proximal anchor.
-    m = mb['mask']
-    d = jax.lax.stop_gradient(jnp.where(m > 0, logp - mb['old_logp'], 0.0))
-    r = jnp.exp(jnp.clip(d, -20.0, 20.0))
-    metrics.update({
-        'ratio/mean': _masked_mean(r, m), 'ratio/max': _masked_max(r, m),
-        'ratio/min': _masked_min(r, m), 'ratio/approx_kl_old': _masked_mean(r - 1.0 - d, m),
-    })
+    d = rljax.log_ratio(jax.lax.stop_gradient(logp), mb['old_logp'], mb['mask'], clamp=cfg.clamp)
+    ratios = ratios_lib.ratio_metrics(d, mb['mask'], clamp=cfg.clamp)
+    metrics.update({_RATIO_METRICS[k]: v for k, v in ratios.items()})
     metrics['loss/total'] = total
     return total, metrics
 
-  def update(state: TrainState, ref_params: Any, batch: Rollout, key: jax.Array):
-    tokens = batch.tokens
+  def update(state: TrainState, ref_params: Any, batch: TrainBatch, key: jax.Array):
+    sample = batch.sample
+    tokens = sample.tokens
     b, length = tokens.shape
     if b % group_size:
       raise ValueError(f'batch size {b} is not a multiple of group_size={group_size}')
@@ -327,8 +322,8 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
     if num_groups % num_minibatches:
       raise ValueError(f'{num_groups} prompts per batch do not split into '
                        f'num_minibatches={num_minibatches}')
-    mask = batch.completion_mask.astype(jnp.float32)
-    input_mask = batch.input_mask.astype(jnp.int32)
+    mask = sample.completion_mask.astype(jnp.float32)
+    input_mask = sample.input_mask.astype(jnp.int32)
 
     trainer_logp, entropy = score_fn(graphdef, state.params, tokens, input_mask, mask,
                                      temperature=temperature, return_entropy=True)
@@ -339,7 +334,7 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
           score_fn(graphdef, ref_params, tokens, input_mask, mask, temperature=temperature))
     else:
       ref_logp = jnp.zeros_like(trainer_logp)
-    old_logp = trainer_logp if cfg.old_logp == 'trainer' else batch.behavior_logp
+    old_logp = trainer_logp if cfg.old_logp == 'trainer' else sample.behavior_logp
 
     if adv_mode == 'given':
       adv = batch.advantages.astype(jnp.float32)
@@ -347,7 +342,7 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
       adv = est_lib.compute_advantages(batch.rewards, group_size, adv_mode)
     if cfg.is_correction != 'none':
       is_w = rljax.truncated_is_weights(
-          batch.behavior_logp, trainer_logp, mask, cap=cfg.is_cap, level=cfg.is_level,
+          sample.behavior_logp, trainer_logp, mask, cap=cfg.is_cap, level=cfg.is_level,
           mode='truncate' if cfg.is_correction == 'tis' else 'mask')
       is_weights, is_metrics = is_w.weights, is_w.metrics
     else:
@@ -357,7 +352,7 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
 
     data = {
         'tokens': tokens, 'input_mask': input_mask, 'mask': mask, 'old_logp': old_logp,
-        'behavior_logp': batch.behavior_logp, 'ref_logp': ref_logp, 'advantages': adv,
+        'behavior_logp': sample.behavior_logp, 'ref_logp': ref_logp, 'advantages': adv,
         'rewards': batch.rewards,
     }
     if is_weights is not None:
@@ -394,26 +389,26 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
     rewards = batch.rewards.astype(jnp.float32)
     grouped = rewards.reshape(num_groups, group_size)
     lengths = jnp.sum(mask, axis=1)
-    gap = jnp.abs(trainer_logp - batch.untruncated_logp)
+    gap = jnp.abs(trainer_logp - sample.untruncated_logp)
     metrics.update({
         'reward_mean': jnp.mean(rewards),
         'reward_std': jnp.std(rewards),
         'response_length': jnp.mean(lengths),
         'response_length_max': jnp.max(lengths),
-        'truncation_rate': 1.0 - jnp.mean(batch.stopped.astype(jnp.float32)),
-        'entropy': _masked_mean(entropy, mask),
+        'truncation_rate': 1.0 - jnp.mean(sample.stopped.astype(jnp.float32)),
+        'entropy': rljax.masked_mean(entropy, mask),
         'advantage_abs_mean': jnp.mean(jnp.abs(adv)),
         'mixed_groups_frac': jnp.mean((jnp.max(grouped, 1) > jnp.min(grouped, 1))
                                       .astype(jnp.float32)),
-        'logp_diff/trainer_sampler_mean': _masked_mean(gap, mask),
-        'logp_diff/trainer_sampler_max': _masked_max(gap, mask),
+        'logp_diff/trainer_sampler_mean': rljax.masked_mean(gap, mask),
+        'logp_diff/trainer_sampler_max': aggregation_lib.masked_max(gap, mask),
         'num_tokens': jnp.sum(mask),
         'learning_rate_step': step.astype(jnp.float32),
     })
     metrics.update({f'is/{k}': v for k, v in is_metrics.items()})
     if cfg.uses_ref:
       k3 = rljax.kl_divergence(trainer_logp, ref_logp, mask, estimator='k3')
-      metrics['kl_ref'] = _masked_mean(k3, mask)
+      metrics['kl_ref'] = rljax.masked_mean(k3, mask)
     return TrainState(params=params, opt_state=opt_state, step=step), metrics
 
   return jax.jit(update, donate_argnums=(0,) if donate else ())
@@ -432,7 +427,7 @@ def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     m = target_mask.astype(jnp.float32)
     nll = -jnp.sum(logp * m) / jnp.maximum(jnp.sum(m), 1.0)
     return nll, {'sft/nll': nll,
-                 'sft/token_accuracy_proxy': _masked_mean(jnp.exp(logp), m)}
+                 'sft/token_accuracy_proxy': rljax.masked_mean(jnp.exp(logp), m)}
 
   def step(state: TrainState, tokens, input_mask, target_mask):
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
