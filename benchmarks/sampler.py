@@ -44,7 +44,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from flax import nnx  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from rljax.models import Transformer, TransformerConfig  # pylint: disable=wrong-import-position
-from rljax.sampling import sampler as sampler_lib  # pylint: disable=wrong-import-position
+from rljax.sampling import sample_jit  # pylint: disable=wrong-import-position
 
 
 def _config(name: str, dtype: str) -> TransformerConfig:
@@ -84,8 +84,7 @@ def rljax_runner(model, prompts, mask, new_tokens, segment_size):
   kw = dict(max_new_tokens=new_tokens, temperature=1.0, top_k=None, top_p=None, min_p=None,
             stop_tokens=(), pad_id=0, segment_size=segment_size)
   t0 = time.perf_counter()
-  compiled = sampler_lib._sample_jit.lower(graphdef, state, prompts, mask, jax.random.key(0),
-                                           **kw).compile()
+  compiled = sample_jit.lower(graphdef, state, prompts, mask, jax.random.key(0), **kw).compile()
   compile_s = time.perf_counter() - t0
   keys = iter(jax.random.split(jax.random.key(1), 10_000))
   run = lambda: jax.block_until_ready(compiled(graphdef, state, prompts, mask, next(keys)))

@@ -21,37 +21,22 @@ import numpy as np
 from flax import nnx
 
 from rljax.models import Transformer, TransformerConfig
-from rljax.sampling import sampler as sampler_lib
+from rljax.sampling import sample_jit
 
+# Each variant leaves the named parts of every step out through `sample_fn`'s `ablate` option
+# (in both the prefill and the decode step).
 _VARIANTS = {
-    "full sampler": {},
-    "without attention": {
-        "attention": lambda q, k, v, mask, kv_layout=None: q.reshape(q.shape[0], q.shape[1], -1)},
-    # The prefill rotates with `apply_rope`, the feature-major decode step with `_rope_t`.
-    "without rotary embeddings": {"apply_rope": lambda x, cos, sin: x,
-                                  "_rope_t": lambda x_t, cos_t, sin_t: x_t.transpose(2, 0, 1)},
-    "without sampling (argmax)": {"_choose": lambda logits, noise, vocab_axis=-1, **kw: (
-        jnp.argmax(logits, vocab_axis).astype(jnp.int32),
-        jnp.take(logits, 0, axis=vocab_axis), jnp.take(logits, 0, axis=vocab_axis))},
+    "full sampler": (),
+    "without attention": ("attention",),
+    "without rotary embeddings": ("rope",),
+    "without sampling (argmax)": ("sampling",),
 }
 
 
-def _compile(graphdef, state, prompts, mask, new_tokens, patches):
-  """Compiles `sample_fn` with the module attributes in `patches` replaced while tracing."""
-  saved = {name: getattr(sampler_lib, name) for name in patches}
-  try:
-    for name, fn in patches.items():
-      setattr(sampler_lib, name, fn)
-
-    def variant(*a, **k):  # a new function per variant: jit caches traces by function
-      return sampler_lib.sample_fn(*a, **k)
-
-    fn = jax.jit(variant, static_argnames=sampler_lib._STATIC)  # pylint: disable=protected-access
-    return fn.lower(graphdef, state, prompts, mask, jax.random.key(0),
-                    max_new_tokens=new_tokens).compile()
-  finally:
-    for name, fn in saved.items():
-      setattr(sampler_lib, name, fn)
+def _compile(graphdef, state, prompts, mask, new_tokens, ablate):
+  """Compiles `sample_jit` with the parts in `ablate` left out."""
+  return sample_jit.lower(graphdef, state, prompts, mask, jax.random.key(0),
+                          max_new_tokens=new_tokens, ablate=ablate).compile()
 
 
 def main():
@@ -71,8 +56,8 @@ def main():
   rng = np.random.default_rng(0)
   prompts = jnp.asarray(rng.integers(1, cfg.vocab_size, (args.batch, args.prompt_len)), jnp.int32)
   mask = jnp.ones_like(prompts)
-  compiled = {name: _compile(graphdef, state, prompts, mask, args.new_tokens, patches)
-              for name, patches in _VARIANTS.items()}
+  compiled = {name: _compile(graphdef, state, prompts, mask, args.new_tokens, ablate)
+              for name, ablate in _VARIANTS.items()}
   key = iter(jax.random.split(jax.random.key(1), 100_000))
   times = {name: [] for name in compiled}
   for _ in range(args.rounds):

@@ -22,15 +22,17 @@ One `jax.jit` holds the whole generation:
 
 The cache and output buffers are allocated inside the jit, so XLA updates them in place across
 loop iterations (nothing to donate at the call boundary; parameters are read-only and not
-donated, so the train loop keeps using the same arrays). The decoder inside the loop uses fused
-q/k/v weights (concatenated once per call; gate and up stay separate) and keeps its activations
-feature-major, `[D, B]`, so that each projection is `weight [out, in] @ x [in, B]` (the
-logits come out as `[V, B]`); the rotary cos/sin are looked up in a table computed once per
-call rather than recomputed inside every fused kernel. All of this is mathematically the same
-as the model's forward pass; `tests/test_sampling.py` checks that `untruncated_logp` equals
-`rljax.models.score` within 1e-5 in float32 (with bfloat16 parameters the two differ by
-bfloat16 rounding, ~1e-3). Prefill and decode share one jit rather than two because that was
-measured a few percent faster on CPU and keeps the cache internal.
+donated, so the train loop keeps using the same arrays). The prefill and the one-token decode
+step are the model's, `rljax.models.decode` (fused q/k/v weights, a `[B, K, S, Dh]` cache,
+feature-major activations in the decode step, so its logits come out `[V, B]`; that module
+says why). They compute the model's forward pass; `tests/test_sampling.py` checks that
+`untruncated_logp` equals `rljax.models.score` within 1e-5 in float32 (with bfloat16
+parameters the two differ by bfloat16 rounding, ~1e-3). Prefill and decode share one jit
+rather than two because that was measured a few percent faster on CPU and keeps the cache
+internal.
+
+`sample_jit` is `sample_fn` under `jax.jit` with `STATIC_ARGNAMES` static, the entry point
+`sample` calls; `sample_fn`'s `ablate` option leaves parts of a step out, for timing only.
 
 Recorded log-probs (see `Rollout`): `behavior_logp` under the truncated distribution actually
 sampled from, `untruncated_logp` under `softmax(logits / T)`.
@@ -39,158 +41,20 @@ sampled from, `untruncated_logp` under `softmax(logits / T)`.
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rljax.models.transformer import (Transformer, apply_rope, attention, causal_mask, linear,
-                                      positions_from_mask, rms_norm, rope_cos_sin, rope_inv_freq)
+from rljax.models import decode
+from rljax.models.transformer import Transformer
 from rljax.sampling.filters import filter_logits
 from rljax.sampling.rollout import Rollout
 
 # Number of times the sampling function has been traced (for recompilation tests).
 trace_count = 0
-
-
-# ----------------------------------------------------------------------- decoder with cache
-
-
-def _fused_weights(model: Transformer):
-  """Per-layer arrays for the cached decoder, with the q/k/v projections fused into one."""
-  layers = []
-  for layer in model.layers:
-    a, m = layer.self_attn, layer.mlp
-    cat = lambda *ps: jnp.concatenate([p[...] for p in ps], axis=0)
-    layers.append(dict(
-        ln1=layer.input_layernorm.weight[...],
-        ln2=layer.post_attention_layernorm.weight[...],
-        wqkv=cat(a.q_proj.weight, a.k_proj.weight, a.v_proj.weight),
-        bqkv=(None if a.q_proj.bias is None else cat(a.q_proj.bias, a.k_proj.bias,
-                                                     a.v_proj.bias)),
-        wo=a.o_proj.weight[...],
-        bo=None if a.o_proj.bias is None else a.o_proj.bias[...],
-        wg=m.gate_proj.weight[...], wu=m.up_proj.weight[...],
-        bg=None if m.gate_proj.bias is None else m.gate_proj.bias[...],
-        bu=None if m.up_proj.bias is None else m.up_proj.bias[...],
-        wd=m.down_proj.weight[...],
-        bd=None if m.down_proj.bias is None else m.down_proj.bias[...],
-    ))
-  return dict(embed=model.embed_tokens.weight[...], layers=layers,
-              norm=model.norm.weight[...], out=model.output_embedding)
-
-
-def _block(cfg, p, x, cos, sin, attend, last_only=False):
-  """One decoder layer on x `[B, S, D]`; `attend(q, k, v) -> [B, S', H*Dh]` handles the cache.
-
-  With `last_only`, keys and values are still computed for all S positions, but the queries,
-  the attention output and the MLP only for the last one (`[B, 1, D]` out): the last layer of
-  the prefill needs nothing else.
-  """
-  b, s, _ = x.shape
-  h, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  y = rms_norm(x, p["ln1"], cfg.rms_norm_eps)
-  qkv = linear(y, p["wqkv"], p["bqkv"])
-  q = qkv[..., :h * dh].reshape(b, s, h, dh)
-  k = qkv[..., h * dh:(h + kv) * dh].reshape(b, s, kv, dh)
-  v = qkv[..., (h + kv) * dh:].reshape(b, s, kv, dh)
-  if last_only:
-    q, x, q_cos, q_sin = q[:, -1:], x[:, -1:], cos[:, -1:], sin[:, -1:]
-  else:
-    q_cos, q_sin = cos, sin
-  q, k = apply_rope(q, q_cos, q_sin), apply_rope(k, cos, sin)
-  x = x + linear(attend(q, k, v), p["wo"], p["bo"])
-  y = rms_norm(x, p["ln2"], cfg.rms_norm_eps)
-  y = jax.nn.silu(linear(y, p["wg"], p["bg"])) * linear(y, p["wu"], p["bu"])
-  return x + linear(y, p["wd"], p["bd"])
-
-
-def _rope_tables(cfg, length):
-  """Rotary `(cos, sin)` float32 `[length, Dh]` for positions 0..length-1."""
-  cos, sin = rope_cos_sin(jnp.arange(length)[None], rope_inv_freq(cfg))
-  return cos[0], sin[0]
-
-
-def _prefill(cfg, w, tokens, prompt_mask, cache_len, rope):
-  """Runs the prompt; returns (last-position float32 logits [B, V], caches)."""
-  positions = positions_from_mask(prompt_mask)
-  cos, sin = (jnp.take(t, positions, axis=0) for t in rope)
-  mask = causal_mask(prompt_mask)
-  p = tokens.shape[1]
-  x = jnp.take(w["embed"], tokens, axis=0)
-  caches = []
-  for i, lw in enumerate(w["layers"]):
-    kv_out = []
-
-    def attend(q, k, v, kv_out=kv_out):
-      kv_out.append((k, v))
-      return attention(q, k, v, mask[:, -q.shape[1]:])
-
-    x = _block(cfg, lw, x, cos, sin, attend, last_only=i == len(w["layers"]) - 1)
-    k, v = kv_out[0]
-    pad = ((0, 0), (0, 0), (0, cache_len - p), (0, 0))
-    caches.append((jnp.pad(k.transpose(0, 2, 1, 3), pad), jnp.pad(v.transpose(0, 2, 1, 3), pad)))
-  h = rms_norm(x[:, -1], w["norm"], cfg.rms_norm_eps)
-  return linear(h, w["out"], preferred_element_type=jnp.float32), caches
-
-
-def _grow(cache, length):
-  """Zero-pads a `[B, K, S, Dh]` cache along S to `length`."""
-  return jnp.pad(cache, ((0, 0), (0, 0), (0, length - cache.shape[2]), (0, 0)))
-
-
-def _linear_t(weight, x_t, bias=None, preferred_element_type=None):
-  """`weight @ x_t (+ bias[:, None])`: `linear` on feature-major activations `[in, B]`."""
-  y = jax.lax.dot_general(weight, x_t, (((1,), (0,)), ((), ())),
-                          preferred_element_type=preferred_element_type)
-  if bias is not None:
-    y = y + bias.astype(y.dtype)[:, None]
-  return y
-
-
-def _rope_t(x_t, cos_t, sin_t):
-  """`apply_rope` on `[N, Dh, B]` with tables `[Dh, B]`; returns `[B, N, Dh]`."""
-  cos_t = cos_t.astype(x_t.dtype)[None]
-  sin_t = sin_t.astype(x_t.dtype)[None]
-  half = x_t.shape[1] // 2
-  rotated = jnp.concatenate([-x_t[:, half:], x_t[:, :half]], axis=1)
-  return (x_t * cos_t + rotated * sin_t).transpose(2, 0, 1)
-
-
-def _decode_one(cfg, w, tok, pos, slot, key_valid, caches, rope):
-  """Feeds tokens `[B]` at cache `slot` / positions `[B]`; returns (logits [V, B], caches).
-
-  The activations are kept feature-major (`[D, B]`), so every projection is
-  `weight [out, in] @ x [in, B]`: the weight is the left operand, read as stored, and only the
-  small activation operand is repacked by the matmul (faster on CPU at small B than
-  `x @ weight.T`; `benchmarks/sampler.py` measures the whole sampler).
-  """
-  cache_len = caches[0][0].shape[2]
-  h, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  b = tok.shape[0]
-  cos_t, sin_t = (jnp.take(t, pos, axis=1) for t in rope)
-  visible = (jnp.arange(cache_len) <= slot)[None, :] & key_valid[:, :cache_len]
-  mask = visible[:, None, :]
-  x = jnp.take(w["embed"], tok, axis=0).T
-  new_caches = []
-  for lw, (kc, vc) in zip(w["layers"], caches):
-    y = rms_norm(x, lw["ln1"], cfg.rms_norm_eps, axis=0)
-    qkv = _linear_t(lw["wqkv"], y, lw["bqkv"])
-    q = _rope_t(qkv[:h * dh].reshape(h, dh, b), cos_t, sin_t)
-    k = _rope_t(qkv[h * dh:(h + kv) * dh].reshape(kv, dh, b), cos_t, sin_t)
-    v = qkv[(h + kv) * dh:].reshape(kv, dh, b).transpose(2, 0, 1)
-    kc = jax.lax.dynamic_update_slice(kc, k[:, :, None].astype(kc.dtype), (0, 0, slot, 0))
-    vc = jax.lax.dynamic_update_slice(vc, v[:, :, None].astype(vc.dtype), (0, 0, slot, 0))
-    new_caches.append((kc, vc))
-    att = attention(q[:, None], kc, vc, mask, kv_layout="BKTD")[:, 0]
-    x = x + _linear_t(lw["wo"], att.T, lw["bo"])
-    y = rms_norm(x, lw["ln2"], cfg.rms_norm_eps, axis=0)
-    y = jax.nn.silu(_linear_t(lw["wg"], y, lw["bg"])) * _linear_t(lw["wu"], y, lw["bu"])
-    x = x + _linear_t(lw["wd"], y, lw["bd"])
-  y = rms_norm(x, w["norm"], cfg.rms_norm_eps, axis=0)
-  return _linear_t(w["out"], y, preferred_element_type=jnp.float32), new_caches
 
 
 # ------------------------------------------------------------------------------ sampling
@@ -246,53 +110,35 @@ def _segments(num_steps: int, segment_size: Optional[int]):
   return list(zip(bounds[:-1], bounds[1:]))
 
 
-def sample_fn(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array,
-              prompt_mask: jax.Array, key: jax.Array, *, max_new_tokens: int,
-              temperature: float = 1.0, top_k: Optional[int] = None,
-              top_p: Optional[float] = None, min_p: Optional[float] = None,
-              stop_tokens: Sequence[int] = (), pad_id: int = 0,
-              segment_size: Optional[int] = None) -> Rollout:
-  """`sample` on a split model, traceable inside the caller's `jax.jit`.
+def _argmax_choose(logits, noise, vocab_axis=-1):
+  """`ablate=('sampling',)`: argmax, and logit 0 in place of both log-probs (timing only)."""
+  del noise
+  first = jnp.take(logits, 0, axis=vocab_axis)
+  return jnp.argmax(logits, vocab_axis).astype(jnp.int32), first, first
 
-  The keyword options must be static (Python values). See `sample` for the arguments.
+
+def _recorder(key, shape, temperature, top_k, top_p, min_p, stop_tokens, pad_id, ablate):
+  """`record(t, logits, out, vocab_axis)`: samples step t's token and writes it into `out`.
+
+  `out` is `(tokens [B, N], completion_mask [B, N], behavior_logp [B, N],
+  untruncated_logp [B, N], stopped [B])`; rows that have stopped get `pad_id` and zeros.
   """
-  global trace_count
-  trace_count += 1
-  model = nnx.merge(graphdef, state)
-  cfg = model.config
-  _check_options(max_new_tokens, temperature, top_k, top_p, min_p, stop_tokens, pad_id,
-                 cfg.vocab_size)
-  _check_prompt(prompt_tokens, prompt_mask)
-  b, p = prompt_tokens.shape
-  n = max_new_tokens
-  prompt_tokens = prompt_tokens.astype(jnp.int32)
-  prompt_mask = prompt_mask.astype(jnp.int32)
-  w = _fused_weights(model)
-  segments = _segments(n, segment_size)
-  first_len = p + (segments[0][1] - 1 if segments else 0)
-  choose = functools.partial(_choose, temperature=float(temperature), top_k=top_k, top_p=top_p,
-                             min_p=min_p)
+  if "sampling" in ablate:
+    choose = _argmax_choose
+  else:
+    choose = functools.partial(_choose, temperature=float(temperature), top_k=top_k,
+                               top_p=top_p, min_p=min_p)
   stop_arr = jnp.asarray(sorted(set(int(s) for s in stop_tokens)) or [-1], jnp.int32)
-
-  rope = _rope_tables(cfg, p + n)
-  logits, caches = _prefill(cfg, w, prompt_tokens, prompt_mask, first_len, rope)
-  rope = tuple(t.T for t in rope)  # [Dh, P + N]: the decode step gathers columns
-  num_prompt = jnp.sum(prompt_mask, axis=-1)
-  key_valid = jnp.concatenate([prompt_mask.astype(jnp.bool_),
-                               jnp.ones((b, max(n - 1, 0)), jnp.bool_)], axis=1)
-
-  greedy = temperature == 0.0
-  vocab = cfg.vocab_size
 
   def noise_for(t):
     """Standard Gumbel noise [B, V] for step t, drawn with key fold_in(key, t)."""
-    if greedy:
+    if temperature == 0.0:
       return None
-    return jax.random.gumbel(jax.random.fold_in(key, t), (b, vocab), jnp.float32)
+    return jax.random.gumbel(jax.random.fold_in(key, t), shape, jnp.float32)
 
-  def record(t, logits, noise, out, vocab_axis=-1):
+  def record(t, logits, out, vocab_axis=-1):
     tokens_out, cmask, blogp, ulogp, stopped = out
-    tok, bl, ul = choose(logits, noise, vocab_axis=vocab_axis)
+    tok, bl, ul = choose(logits, noise_for(t), vocab_axis=vocab_axis)
     live = ~stopped
     tok = jnp.where(live, tok, pad_id)
     col = lambda a, v: jax.lax.dynamic_update_slice_in_dim(a, v[:, None], t, axis=1)
@@ -304,15 +150,18 @@ def sample_fn(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array
       stopped = stopped | (live & jnp.any(tok[:, None] == stop_arr[None, :], axis=-1))
     return tok, (tokens_out, cmask, blogp, ulogp, stopped)
 
-  out = (jnp.full((b, n), pad_id, jnp.int32), jnp.zeros((b, n), jnp.int32),
-         jnp.zeros((b, n), jnp.float32), jnp.zeros((b, n), jnp.float32),
-         jnp.zeros((b,), jnp.bool_))
-  tok, out = record(0, logits, noise_for(0), out)
+  return record
 
+
+def _decode_segments(step, record, segments, p, tok, caches, out):
+  """Runs decode steps `segments` (see `_segments`), one `lax.while_loop` per segment.
+
+  `step(tok, t, caches) -> (logits [V, B], caches)` feeds step t-1's token; each segment
+  first grows the cache to cover its last slot, `p + t_end - 2`. Returns the final `out`.
+  """
   for i, (t0, t1) in enumerate(segments):
-    cache_len = p + t1 - 1
     if i > 0:
-      caches = [(_grow(k, cache_len), _grow(v, cache_len)) for k, v in caches]
+      caches = decode.grow_caches(caches, p + t1 - 1)
 
     def cond(carry, t1=t1):
       t, _, _, out = carry
@@ -320,15 +169,75 @@ def sample_fn(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array
 
     def body(carry):
       t, tok, caches, out = carry
-      slot = p + t - 1
-      logits, caches = _decode_one(cfg, w, tok, num_prompt + t - 1, slot, key_valid, caches,
-                                   rope)
-      tok, out = record(t, logits, noise_for(t), out, vocab_axis=0)
+      logits, caches = step(tok, t, caches)
+      tok, out = record(t, logits, out, vocab_axis=0)
       return t + 1, tok, caches, out
 
     _, tok, caches, out = jax.lax.while_loop(cond, body, (jnp.int32(t0), tok, caches, out))
+  return out
 
+
+def sample_fn(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array,
+              prompt_mask: jax.Array, key: jax.Array, *, max_new_tokens: int,
+              temperature: float = 1.0, top_k: Optional[int] = None,
+              top_p: Optional[float] = None, min_p: Optional[float] = None,
+              stop_tokens: Sequence[int] = (), pad_id: int = 0,
+              segment_size: Optional[int] = None, ablate: Tuple[str, ...] = ()) -> Rollout:
+  """`sample` on a split model, traceable inside the caller's `jax.jit`.
+
+  The keyword options must be static (Python values; `STATIC_ARGNAMES` names them). See
+  `sample` for the arguments; one more, for timing only:
+
+  Args:
+    ablate: a tuple of names from `ABLATIONS` to leave out of every step: 'attention' and
+      'rope' (see `rljax.models.decode`) and 'sampling' (argmax in place of sampling, logit 0
+      in place of the log-probs). The results are then wrong; `benchmarks/sampler_breakdown.py`
+      uses this to attribute the time of a step. Default: nothing left out.
+  """
+  global trace_count
+  trace_count += 1
+  model = nnx.merge(graphdef, state)
+  cfg = model.config
+  _check_options(max_new_tokens, temperature, top_k, top_p, min_p, stop_tokens, pad_id,
+                 cfg.vocab_size)
+  decode.check_ablate(ablate, ABLATIONS)
+  _check_prompt(prompt_tokens, prompt_mask)
+  b, p = prompt_tokens.shape
+  n = max_new_tokens
+  prompt_tokens = prompt_tokens.astype(jnp.int32)
+  prompt_mask = prompt_mask.astype(jnp.int32)
+  model_ablate = tuple(a for a in ablate if a in decode.ABLATIONS)
+  w = decode.fuse_weights(model)
+  segments = _segments(n, segment_size)
+  record = _recorder(key, (b, cfg.vocab_size), temperature, top_k, top_p, min_p, stop_tokens,
+                     pad_id, ablate)
+
+  rope = decode.rope_tables(cfg, p + n)
+  first_len = p + (segments[0][1] - 1 if segments else 0)
+  logits, caches = decode.prefill(cfg, w, prompt_tokens, prompt_mask, first_len, rope,
+                                  ablate=model_ablate)
+  rope_t = tuple(t.T for t in rope)  # [Dh, P + N]: the decode step gathers columns
+  num_prompt = jnp.sum(prompt_mask, axis=-1)
+  key_valid = jnp.concatenate([prompt_mask.astype(jnp.bool_),
+                               jnp.ones((b, max(n - 1, 0)), jnp.bool_)], axis=1)
+
+  def step(tok, t, caches):  # token t-1 at slot p + t - 1, position n_b + t - 1
+    return decode.decode_step(cfg, w, tok, num_prompt + t - 1, p + t - 1, key_valid, caches,
+                              rope_t, ablate=model_ablate)
+
+  out = (jnp.full((b, n), pad_id, jnp.int32), jnp.zeros((b, n), jnp.int32),
+         jnp.zeros((b, n), jnp.float32), jnp.zeros((b, n), jnp.float32),
+         jnp.zeros((b,), jnp.bool_))
+  tok, out = record(0, logits, out)
+  out = _decode_segments(step, record, segments, p, tok, caches, out)
+  return _rollout(prompt_tokens, prompt_mask, out)
+
+
+def _rollout(prompt_tokens, prompt_mask, out):
+  """The `Rollout` of prompts `[B, P]` and the completion buffers `out` (see `_recorder`)."""
   tokens_out, cmask, blogp, ulogp, stopped = out
+  b, p = prompt_tokens.shape
+  n = tokens_out.shape[1]
   zeros_p = jnp.zeros((b, p), jnp.int32)
   zeros_f = jnp.zeros((b, p), jnp.float32)
   return Rollout(
@@ -342,9 +251,14 @@ def sample_fn(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array
   )
 
 
-_STATIC = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "stop_tokens", "pad_id",
-           "segment_size")
-_sample_jit = jax.jit(sample_fn, static_argnames=_STATIC)
+# Parts of a step that `ablate` may leave out (timing only; see `sample_fn`).
+ABLATIONS = decode.ABLATIONS + ("sampling",)
+# The keyword arguments of `sample_fn` that must be static under `jax.jit`.
+STATIC_ARGNAMES = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "stop_tokens",
+                   "pad_id", "segment_size", "ablate")
+# `sample_fn` under `jax.jit`, compiled once per model structure, shapes and options. `sample`
+# calls it; a benchmark can `.lower(...).compile()` it to time sampling without compilation.
+sample_jit = jax.jit(sample_fn, static_argnames=STATIC_ARGNAMES)
 
 
 def sample(model: Transformer, prompt_tokens: jax.Array, prompt_mask: jax.Array,
@@ -396,7 +310,7 @@ def sample(model: Transformer, prompt_tokens: jax.Array, prompt_mask: jax.Array,
   prompt_mask = jnp.asarray(prompt_mask)
   _check_prompt(prompt_tokens, prompt_mask, concrete=True)
   graphdef, state = nnx.split(model)
-  return _sample_jit(graphdef, state, prompt_tokens, prompt_mask, key,
+  return sample_jit(graphdef, state, prompt_tokens, prompt_mask, key,
                      max_new_tokens=int(max_new_tokens), temperature=float(temperature),
                      top_k=top_k, top_p=top_p, min_p=min_p,
                      stop_tokens=tuple(int(s) for s in stop_tokens), pad_id=int(pad_id),
