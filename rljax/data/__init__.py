@@ -7,7 +7,9 @@
   `tokenizer_corpus` the texts to train a tokenizer on.
 * `rljax.data.tfds_builders`: the tasks as TFDS array_record datasets read with
   ``as_data_source`` (imported on first use: it loads tensorflow-datasets).
-* `rljax.data.curricula`: prompt samplers (imported on first use).
+* `rljax.data.curricula`: prompt curricula (imported on first use): `make_sampler(name, ...)`
+  over the `CURRICULA` registry, each with `init` / `sample` / `update` and a `collect` that
+  gathers one RL batch (`Collected`); the DAPO filter and distinct-n.
 """
 
 import importlib as _importlib

@@ -31,6 +31,31 @@ from rljax.data.curricula.base import Curriculum
 from rljax.data.curricula.base import Draw
 
 
+def _as_advantage_inputs(kept_rewards, pool_rewards, pool_mask, kept_mask):
+  """Checks the shapes of :func:`reinforce_ada_advantages`' arrays; returns them as arrays."""
+  kept_rewards = jnp.asarray(kept_rewards, jnp.float32)
+  pool_rewards = jnp.asarray(pool_rewards, jnp.float32)
+  pool_mask = jnp.asarray(pool_mask).astype(bool)
+  if kept_rewards.ndim != 2:
+    raise ValueError(f"kept_rewards must have shape [P, n], got {kept_rewards.shape}.")
+  if pool_rewards.ndim != 2 or pool_rewards.shape[0] != kept_rewards.shape[0]:
+    raise ValueError(
+        f"pool_rewards must have shape [P, S] with P = {kept_rewards.shape[0]}, got "
+        f"{pool_rewards.shape}.")
+  if pool_mask.shape != pool_rewards.shape:
+    raise ValueError(
+        f"pool_mask must have the shape of pool_rewards {pool_rewards.shape}, got "
+        f"{pool_mask.shape}.")
+  if kept_mask is None:
+    kept_mask = jnp.ones(kept_rewards.shape, bool)
+  kept_mask = jnp.asarray(kept_mask).astype(bool)
+  if kept_mask.shape != kept_rewards.shape:
+    raise ValueError(
+        f"kept_mask must have the shape of kept_rewards {kept_rewards.shape}, got "
+        f"{kept_mask.shape}.")
+  return kept_rewards, pool_rewards, pool_mask, kept_mask
+
+
 def reinforce_ada_advantages(kept_rewards: jax.Array, pool_rewards: jax.Array,
                              pool_mask: jax.Array, *, kept_mask: Optional[jax.Array] = None,
                              scale: str = "none", eps: float = 1e-6) -> jax.Array:
@@ -67,26 +92,8 @@ def reinforce_ada_advantages(kept_rewards: jax.Array, pool_rewards: jax.Array,
   """
   _check_choice("scale", scale, ("none", "std"))
   eps = _check_float("eps", eps, 0.0, np.inf, lo_open=True, hi_open=True)
-  kept_rewards = jnp.asarray(kept_rewards, jnp.float32)
-  pool_rewards = jnp.asarray(pool_rewards, jnp.float32)
-  pool_mask = jnp.asarray(pool_mask).astype(bool)
-  if kept_rewards.ndim != 2:
-    raise ValueError(f"kept_rewards must have shape [P, n], got {kept_rewards.shape}.")
-  if pool_rewards.ndim != 2 or pool_rewards.shape[0] != kept_rewards.shape[0]:
-    raise ValueError(
-        f"pool_rewards must have shape [P, S] with P = {kept_rewards.shape[0]}, got "
-        f"{pool_rewards.shape}.")
-  if pool_mask.shape != pool_rewards.shape:
-    raise ValueError(
-        f"pool_mask must have the shape of pool_rewards {pool_rewards.shape}, got "
-        f"{pool_mask.shape}.")
-  if kept_mask is None:
-    kept_mask = jnp.ones(kept_rewards.shape, bool)
-  kept_mask = jnp.asarray(kept_mask).astype(bool)
-  if kept_mask.shape != kept_rewards.shape:
-    raise ValueError(
-        f"kept_mask must have the shape of kept_rewards {kept_rewards.shape}, got "
-        f"{kept_mask.shape}.")
+  kept_rewards, pool_rewards, pool_mask, kept_mask = _as_advantage_inputs(
+      kept_rewards, pool_rewards, pool_mask, kept_mask)
   count = jnp.sum(pool_mask, axis=1).astype(jnp.float32)
   mean = jnp.sum(jnp.where(pool_mask, pool_rewards, 0.0), axis=1) / jnp.maximum(count, 1.0)
   adv = kept_rewards - mean[:, None]
