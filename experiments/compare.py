@@ -5,6 +5,9 @@ r"""Compares estimators on one task and budget: a table and a plot.
       --estimators=reinforce,grpo,dr_grpo,dapo,gspo,cispo,topr,opmd,copg,clip_cov,kl_cov \
       --seeds=0,1
 
+`--estimators` defaults to every entry of the registry (`rljax.train.estimators.ESTIMATORS`)
+except aliases.
+
 For each seed the warm start runs once (`<root>/warmstart_seed<s>`, RL steps 0); then every
 estimator starts RL from that same policy (`<root>/<estimator>_seed<s>`, via
 `--init_from_workdir`), with every other flag equal. Each run resumes if interrupted, so the
@@ -33,9 +36,10 @@ from absl import flags
 
 from experiments import config as config_lib
 
-# The estimators the comparison includes by default (those of the issue that rljax provides).
-DEFAULT_ESTIMATORS = ('reinforce', 'grpo', 'dr_grpo', 'dapo', 'gspo', 'cispo', 'topr', 'opmd',
-                      'copg', 'clip_cov', 'kl_cov')
+from rljax.train import estimators as est_lib
+
+# Every estimator of the registry, aliases (e.g. 'ppo' for 'grpo') left out.
+DEFAULT_ESTIMATORS = tuple(n for n, e in est_lib.ESTIMATORS.items() if e.alias_of is None)
 
 
 @dataclasses.dataclass
@@ -198,9 +202,10 @@ def main(argv):
     raise app.UsageError('--root is required')
   try:
     base = config_lib.config_from_flags(FLAGS)
-    from rljax.train import estimators as est_lib  # pylint: disable=g-import-not-at-top
     for name in FLAGS.estimators:
-      est_lib.check_available(name)
+      if name not in est_lib.ESTIMATORS:
+        raise ValueError(f'--estimators: {name!r} is not an estimator; valid values: '
+                         f'{list(est_lib.ESTIMATORS)}')
     seeds = [int(s) for s in FLAGS.seeds]
   except ValueError as e:
     sys.stderr.write(f'FATAL Flags parsing error: {e}\n')

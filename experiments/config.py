@@ -6,8 +6,10 @@ usually from a `--flagfile`). `Config.validate()` checks every field and the rel
 them and raises `ValueError` naming the flag (`--num_minibatches`) and the valid values, so a bad
 value fails at start-up, before any compilation.
 
-Fields whose default is None ("preset") take the estimator's paper/library default
-(`rljax.train.estimators.ESTIMATORS`).
+The estimator hyperparameter flags (`--epsilon_high`, `--copg_beta`, ...) are not written here:
+each comes from the `Flag`s of an entry of the estimator registry
+(`rljax.train.estimators.ESTIMATORS`), unset by default (the estimator's paper/library preset),
+and `validate` rejects one the chosen estimator does not read.
 """
 
 from __future__ import annotations
@@ -19,16 +21,12 @@ from typing import Any, Optional
 
 from absl import flags
 
+import rljax
 from rljax.train import estimators as est_lib
+from rljax.train import train_step as ts_lib
 
 TOKENIZERS = ('char', 'bpe', 'unigram')
 MODELS = ('tiny', 'small', 'micro')
-SCHEDULES = ('constant', 'cosine', 'linear')
-OPTIMIZERS = ('adamw', 'adam', 'sgd')
-AGGREGATIONS = ('token-mean', 'seq-mean-token-mean', 'seq-mean-token-sum',
-                'seq-mean-token-sum-norm')
-KL_ESTIMATORS = ('k1', 'k2', 'k3', 'abs', 'mse')
-IS_LEVELS = ('token', 'sequence')
 
 
 def _f(default, help_text, *, choices=None, lo=None, hi=None, lo_open=False):
@@ -47,8 +45,8 @@ def _curricula():
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-  """Every knob of an experiment (see the `help` of each field, or `--helpfull`)."""
+class _ConfigBase:
+  """The fields of `Config` that no estimator declares."""
 
   # --- run
   seed: int = _f(0, 'Seed of everything (model init, data order, sampling).', lo=0)
@@ -93,7 +91,7 @@ class Config:
   sft_batch_size: int = _f(64, 'Warm-start batch size (sequences).', lo=1)
   sft_learning_rate: float = _f(1e-3, 'Warm-start peak learning rate.', lo=0.0, lo_open=True)
   sft_warmup_steps: int = _f(20, 'Warm-start linear warmup steps.', lo=0)
-  sft_schedule: str = _f('constant', 'Warm-start schedule after warmup.', choices=SCHEDULES)
+  sft_schedule: str = _f('constant', 'Warm-start schedule after warmup.', choices=ts_lib.SCHEDULES)
   sft_eval_every: int = _f(0, 'Evaluate every N warm-start steps (0: only at the end).', lo=0)
 
   # --- RL rollouts
@@ -116,43 +114,27 @@ class Config:
   advantage: str = _f('', 'Advantage mode (empty: the estimator preset).',
                       choices=lambda: ('',) + est_lib.ADVANTAGE_MODES)
   aggregation: str = _f('', 'Loss aggregation (empty: the estimator preset).',
-                        choices=('',) + AGGREGATIONS)
+                        choices=('',) + rljax.AGGREGATION_MODES)
   max_tokens: int = _f(0, 'Constant of seq-mean-token-sum-norm (0: max_new_tokens).', lo=0)
   num_epochs: int = _f(2, 'Passes over each RL batch.', lo=1)
   num_minibatches: int = _f(2, 'Optimizer steps per pass (mini-batches of whole groups).', lo=1)
-  epsilon_low: Optional[float] = _f(None, 'Lower clip range (preset if unset).', lo=0.0)
-  epsilon_high: Optional[float] = _f(None, 'Upper clip range (preset if unset).', lo=0.0)
-  dual_clip: Optional[float] = _f(None, 'Dual-clip constant c > 1 (unset: off).', lo=1.0,
-                                  lo_open=True)
   clamp: float = _f(20.0, 'Clamp of log-ratios before exp.', lo=0.0, lo_open=True)
   kl_coef: float = _f(0.0, 'KL-to-reference penalty weight.', lo=0.0)
-  kl_estimator: str = _f('k3', 'KL estimator of the penalty.', choices=KL_ESTIMATORS)
+  track_ref_kl: bool = _f(False, 'Score the reference policy on every update to report kl_ref '
+                          'even without a KL term (one more forward pass per update).')
+  kl_estimator: str = _f('k3', 'KL estimator of the penalty.', choices=rljax.KL_ESTIMATORS)
   entropy_coef: float = _f(0.0, 'Entropy bonus weight.', lo=0.0)
   is_correction: str = _f('none', 'Rollout-vs-trainer importance correction.',
                           choices=est_lib.IS_CORRECTIONS)
   is_cap: float = _f(2.0, 'Cap of the TIS/MIS weights.', lo=1.0)
-  is_level: str = _f('token', 'Level of the TIS/MIS weights.', choices=IS_LEVELS)
+  is_level: str = _f('token', 'Level of the TIS/MIS weights.', choices=rljax.IS_LEVELS)
   old_logp: str = _f('trainer', 'Proximal anchor: recomputed by the trainer or the sampler\'s.',
                      choices=est_lib.OLD_LOGP_SOURCES)
-  topr_baseline: Optional[float] = _f(None, 'TOPR reward baseline (preset if unset).')
-  copg_beta: Optional[float] = _f(None, 'CoPG beta (preset if unset).', lo=0.0, lo_open=True)
-  opmd_tau: Optional[float] = _f(None, 'OPMD tau, weight of the squared log-ratio (preset if '
-                                 'unset).', lo=0.0, lo_open=True)
-  asymre_shift: Optional[float] = _f(None, 'AsymRE baseline shift delta (preset if unset).')
-  rec_variant: str = _f('', 'REC mask variant (empty: preset).',
-                        choices=lambda: ('',) + tuple(__import__('rljax').REC_VARIANTS))
-  clip_cov_ratio: Optional[float] = _f(None, 'Clip-Cov fraction of tokens detached.', lo=0.0,
-                                       hi=1.0)
-  clip_cov_lower: Optional[float] = _f(None, 'Clip-Cov covariance lower bound.')
-  clip_cov_upper: Optional[float] = _f(None, 'Clip-Cov covariance upper bound.')
-  kl_cov_ratio: Optional[float] = _f(None, 'KL-Cov fraction of tokens penalised.', lo=0.0,
-                                     hi=1.0)
-  kl_cov_coef: Optional[float] = _f(None, 'KL-Cov penalty coefficient.', lo=0.0)
 
   # --- RL optimizer
-  optimizer: str = _f('adamw', 'Optimizer.', choices=OPTIMIZERS)
+  optimizer: str = _f('adamw', 'Optimizer.', choices=ts_lib.OPTIMIZERS)
   learning_rate: float = _f(1e-4, 'RL peak learning rate.', lo=0.0, lo_open=True)
-  lr_schedule: str = _f('constant', 'RL schedule after warmup.', choices=SCHEDULES)
+  lr_schedule: str = _f('constant', 'RL schedule after warmup.', choices=ts_lib.SCHEDULES)
   warmup_steps: int = _f(0, 'RL linear warmup (optimizer updates).', lo=0)
   weight_decay: float = _f(0.0, 'Decoupled weight decay (adamw).', lo=0.0)
   max_grad_norm: float = _f(1.0, 'Global gradient-norm clip (0: off).', lo=0.0)
@@ -208,57 +190,22 @@ class Config:
   def batch_size(self) -> int:
     return self.num_prompts * self.group_size
 
-  def loss_kwargs(self) -> tuple[tuple[str, Any], ...]:
-    """Estimator hyperparameters set by flag, as the loss functions' keyword names."""
-    mapping = {
-        'epsilon_low': 'epsilon_low', 'epsilon_high': 'epsilon_high',
-        'dual_clip': 'dual_clip', 'topr_baseline': 'baseline', 'copg_beta': 'beta',
-        'opmd_tau': 'tau', 'asymre_shift': 'shift', 'rec_variant': 'variant',
-        'clip_cov_ratio': 'clip_ratio', 'clip_cov_lower': 'cov_lower',
-        'clip_cov_upper': 'cov_upper', 'kl_cov_ratio': 'kl_cov_ratio',
-        'kl_cov_coef': 'kl_coef',
-    }
-    # Only the estimator's own hyperparameters (asymre_beta must not set CoPG's beta).
-    own = {
-        'topr': {'topr_baseline'}, 'copg': {'copg_beta'}, 'opmd': {'opmd_tau'},
-        'asymre': {'asymre_shift'}, 'rec': {'rec_variant', 'epsilon_low', 'epsilon_high'},
-        'clip_cov': {'clip_cov_ratio', 'clip_cov_lower', 'clip_cov_upper'},
-        'kl_cov': {'kl_cov_ratio', 'kl_cov_coef'},
-    }
-    clip_fields = {'epsilon_low', 'epsilon_high', 'dual_clip'}
-    allowed = own.get(self.estimator, set()) | clip_fields
-    out = []
-    for field_name, kw in mapping.items():
-      if field_name not in allowed:
-        continue
-      value = getattr(self, field_name)
-      if value is None or value == '':
-        continue
-      out.append((kw, value))
-    out.append(('clamp', self.clamp))
-    return tuple(out)
-
   # ------------------------------------------------------------------ validation
 
   def validate(self) -> 'Config':
     """Checks every field; raises ValueError naming the flag and the valid values."""
     for f in dataclasses.fields(self):
-      value = getattr(self, f.name)
-      md = f.metadata
-      choices = md.get('choices')
-      if callable(choices):
-        choices = choices()
-      if choices is not None and value not in choices:
-        raise ValueError(f'--{f.name}={value!r} is invalid; valid values: {list(choices)}')
-      if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if isinstance(value, float) and not math.isfinite(value):
-          raise ValueError(f'--{f.name}={value!r} must be finite')
-        lo, hi = md.get('lo'), md.get('hi')
-        if lo is not None and (value < lo or (md.get('lo_open') and value == lo)):
-          op = '>' if md.get('lo_open') else '>='
-          raise ValueError(f'--{f.name}={value!r} is invalid; it must be {op} {lo}')
-        if hi is not None and value > hi:
-          raise ValueError(f'--{f.name}={value!r} is invalid; it must be <= {hi}')
+      _check_field(f, getattr(self, f.name))
+    self._check_text_fields()
+    self._check_batch_layout()
+    self._check_estimator()
+    if self.init_from_hf and self.init_from_workdir:
+      raise ValueError('--init_from_hf and --init_from_workdir are exclusive')
+    if self.sft_steps == 0 and self.rl_steps == 0:
+      raise ValueError('--sft_steps and --rl_steps are both 0: nothing to do')
+    return self
+
+  def _check_text_fields(self) -> None:
     for name in ('task_args', 'curriculum_args'):
       try:
         parsed = json.loads(getattr(self, name))
@@ -280,6 +227,8 @@ class Config:
     if self.tokenizer not in TOKENIZERS and not self.tokenizer.endswith('.model'):
       raise ValueError(f'--tokenizer={self.tokenizer!r} is invalid; valid values: '
                        f'{list(TOKENIZERS)} or a path to a sentencepiece .model file')
+
+  def _check_batch_layout(self) -> None:
     if self.num_prompts % self.num_minibatches:
       raise ValueError(f'--num_minibatches={self.num_minibatches} must divide '
                        f'--num_prompts={self.num_prompts} (mini-batches hold whole groups)')
@@ -291,33 +240,115 @@ class Config:
       if size % batch_devices:
         raise ValueError(f'{name} = {size} must be a multiple of --mesh_data x --mesh_fsdp = '
                          f'{batch_devices}')
-    if self.advantage == 'given' and self.curriculum != 'reinforce_ada':
-      raise ValueError('--advantage=given (advantages computed by the curriculum) needs '
-                       '--curriculum=reinforce_ada')
-    spec = est_lib.get_estimator(self.estimator)
+
+  def _check_estimator(self) -> None:
+    """The estimator's flags, constraints and advantage source."""
+    from rljax.data import curricula  # pylint: disable=g-import-not-at-top
+    spec = self.estimator_spec
+    read = {f.name for f in spec.flags}
+    for name, flag in est_lib.estimator_flags().items():
+      if name not in read and getattr(self, name) not in (None, ''):
+        readers = sorted(n for n, e in est_lib.ESTIMATORS.items() if flag in e.flags)
+        raise ValueError(f'--{name} does not apply to --estimator={self.estimator} (it reads '
+                         f'{sorted(read) or "no estimator flags"}); --{name} is read by {readers}')
+    if self.advantage == 'given' and not curricula.provides_advantages(self.curriculum):
+      givers = [n for n in curricula.CURRICULA if curricula.provides_advantages(n)]
+      raise ValueError(f'--advantage=given (advantages computed by the curriculum) needs '
+                       f'--curriculum in {givers}, got {self.curriculum!r}')
     if self.is_correction != 'none' and not spec.supports_is:
       raise ValueError(f'--is_correction={self.is_correction} does not apply to '
                        f'--estimator={self.estimator}; use it with one of '
                        f'{sorted(n for n, e in est_lib.ESTIMATORS.items() if e.supports_is)}')
-    if self.estimator in ('copg',) and self.group_size < 2:
-      raise ValueError(f'--estimator={self.estimator} needs --group_size >= 2')
-    if self.advantage_mode() in ('group', 'group-none', 'group-batch-std', 'rloo', 'global') \
-        and self.group_size < 2 and self.rl_steps > 0 and self.curriculum != 'reinforce_ada':
-      raise ValueError(f'--group_size={self.group_size}: group baselines need >= 2 completions '
-                       'per prompt')
-    if self.rl_steps > 0:
-      try:
-        est_lib.check_available(self.estimator)
-      except ValueError as e:
-        raise ValueError(f'--estimator={self.estimator!r}: {e}') from None
-    if self.init_from_hf and self.init_from_workdir:
-      raise ValueError('--init_from_hf and --init_from_workdir are exclusive')
-    if self.sft_steps == 0 and self.rl_steps == 0:
-      raise ValueError('--sft_steps and --rl_steps are both 0: nothing to do')
-    return self
+    if self.rl_steps and self.group_size < spec.min_group_size:
+      raise ValueError(f'--estimator={self.estimator} needs --group_size >= '
+                       f'{spec.min_group_size}, got {self.group_size}')
+    if self.rl_steps and self.group_size < 2 and \
+        self.advantage_mode() in est_lib.GROUP_BASELINE_MODES:
+      raise ValueError(f'--group_size={self.group_size}: the advantage mode '
+                       f'{self.advantage_mode()!r} needs >= 2 completions per prompt')
+
+  # ------------------------------------------------------------------ what the run builds
+
+  @property
+  def estimator_spec(self) -> est_lib.EstimatorSpec:
+    return est_lib.get_estimator(self.estimator)
 
   def advantage_mode(self) -> str:
-    return self.advantage or est_lib.get_estimator(self.estimator).advantage
+    """--advantage, else 'given' where the curriculum computes advantages, else the preset."""
+    from rljax.data import curricula  # pylint: disable=g-import-not-at-top
+    if self.advantage:
+      return self.advantage
+    if curricula.provides_advantages(self.curriculum):
+      return 'given'
+    return self.estimator_spec.advantage
+
+  def loss_kwargs(self) -> tuple[tuple[str, Any], ...]:
+    """The estimator's flags that are set, as (loss keyword, value) pairs."""
+    return tuple((f.keyword, getattr(self, f.name)) for f in self.estimator_spec.flags
+                 if getattr(self, f.name) not in (None, ''))
+
+  def loss_config(self) -> ts_lib.LossConfig:
+    """What the RL update optimises (`rljax.train.LossConfig`)."""
+    return ts_lib.LossConfig(
+        estimator=self.estimator, advantage=self.advantage_mode(),
+        aggregation=self.aggregation or None, max_tokens=self.max_tokens or None,
+        temperature=self.temperature, kl_coef=self.kl_coef, clamp=self.clamp,
+        kl_estimator=self.kl_estimator, entropy_coef=self.entropy_coef,
+        is_correction=self.is_correction, is_cap=self.is_cap, is_level=self.is_level,
+        old_logp=self.old_logp, loss_kwargs=self.loss_kwargs(),
+        track_ref_kl=self.track_ref_kl)
+
+  def optimizer_config(self, phase: str) -> ts_lib.OptimizerConfig:
+    """The optimizer of the 'sft' (warm start) or 'rl' phase."""
+    if phase == 'sft':
+      lr, schedule, warmup = self.sft_learning_rate, self.sft_schedule, self.sft_warmup_steps
+      updates = self.sft_steps
+    elif phase == 'rl':
+      lr, schedule, warmup = self.learning_rate, self.lr_schedule, self.warmup_steps
+      updates = self.rl_steps * self.num_epochs * self.num_minibatches
+    else:
+      raise ValueError(f"phase must be 'sft' or 'rl', got {phase!r}")
+    return ts_lib.OptimizerConfig(
+        optimizer=self.optimizer, learning_rate=lr, schedule=schedule, warmup_steps=warmup,
+        decay_steps=max(updates - warmup, 0), weight_decay=self.weight_decay, b1=self.adam_b1,
+        b2=self.adam_b2, max_grad_norm=self.max_grad_norm or None)
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+  """The choices and bounds in the field's metadata."""
+  md = f.metadata
+  choices = md.get('choices')
+  if callable(choices):
+    choices = choices()
+  if choices is not None and value not in choices:
+    raise ValueError(f'--{f.name}={value!r} is invalid; valid values: {list(choices)}')
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ValueError(f'--{f.name}={value!r} must be finite')
+    lo, hi = md.get('lo'), md.get('hi')
+    if lo is not None and (value < lo or (md.get('lo_open') and value == lo)):
+      op = '>' if md.get('lo_open') else '>='
+      raise ValueError(f'--{f.name}={value!r} is invalid; it must be {op} {lo}')
+    if hi is not None and value > hi:
+      raise ValueError(f'--{f.name}={value!r} is invalid; it must be <= {hi}')
+
+
+def _estimator_field(flag: est_lib.Flag):
+  """A `Config` field for an estimator flag: unset by default (the preset applies)."""
+  if flag.kind is str:
+    return flag.name, str, _f('', flag.help, choices=('',) + tuple(flag.choices or ()))
+  return flag.name, Optional[float], _f(None, flag.help, lo=flag.lo, hi=flag.hi,
+                                        lo_open=flag.lo_open)
+
+
+Config = dataclasses.make_dataclass(
+    'Config', [_estimator_field(f) for f in est_lib.estimator_flags().values()],
+    bases=(_ConfigBase,), frozen=True, namespace={'__module__': __name__})
+Config.__doc__ = """Every knob of an experiment (see the `help` of each field, or `--helpfull`).
+
+The fields of `_ConfigBase`, plus one per flag of the estimator registry
+(`rljax.train.estimators.estimator_flags()`).
+"""
 
 
 # ------------------------------------------------------------------ absl flags
@@ -351,7 +382,3 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
   """Builds and validates a `Config` from parsed flags."""
   values = {f.name: flag_values[f.name].value for f in dataclasses.fields(Config)}
   return Config(**values).validate()
-
-
-def config_to_dict(config: Config) -> dict[str, Any]:
-  return dataclasses.asdict(config)

@@ -1,0 +1,163 @@
+"""The data of a run: the task's examples for each phase, the tokenizer, and their encodings.
+
+`build_data(config, workdir)` draws the warm-start demonstrations, the RL prompt pool and the
+held-out prompts, builds the tokenizer and encodes all three through the tokenizer's batch
+methods (`encode_batch`, `encode_sequences`) at one shared prompt width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from experiments.config import Config
+
+
+@dataclasses.dataclass
+class Data:
+  """Encoded examples of every phase (prompts left padded to `prompt_width`)."""
+
+  task: Any
+  tok: Any
+  prompt_width: int
+  completion_width: int
+  sft_tokens: Optional[np.ndarray]
+  sft_input_mask: Optional[np.ndarray]
+  sft_target: Optional[np.ndarray]
+  pool_prompts: list[str]
+  pool_ids: np.ndarray
+  pool_mask: np.ndarray
+  eval_prompts: list[str]
+  eval_ids: np.ndarray
+  eval_mask: np.ndarray
+
+
+def build_tokenizer(config: Config, texts: Sequence[str], workdir: str):
+  """Loads `--tokenizer` (a .model path) or trains one on the task's text into the workdir.
+
+  Training is deterministic given the texts, so a resumed run rebuilds the same tokenizer.
+  """
+  from rljax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+  if config.init_from_hf and config.hf_tokenizer:
+    return tok_lib.HFTokenizer.load(os.path.join(config.init_from_hf, 'tokenizer.json'))
+  if config.init_from_workdir:
+    return tok_lib.Tokenizer.load(os.path.join(config.init_from_workdir, 'tokenizer.model'))
+  if config.tokenizer.endswith('.model'):
+    return tok_lib.Tokenizer.load(config.tokenizer)
+  prefix = os.path.join(workdir, 'tokenizer')
+  if os.path.exists(prefix + '.model'):
+    return tok_lib.Tokenizer.load(prefix + '.model')
+  return tok_lib.Tokenizer.train(list(texts), vocab_size=config.vocab_size,
+                                 model_type=config.tokenizer, model_prefix=prefix)
+
+
+def tokenizer_texts(task) -> list[str]:
+  """The tokenizer's training corpus: training text of the task, independent of this run.
+
+  It depends on the task only (never on the held-out split or on which examples this run
+  draws), so runs that differ in RL flags share the same token ids and hence the same warm start.
+  """
+  from rljax.data import tasks  # pylint: disable=g-import-not-at-top
+  return tasks.tokenizer_corpus(task, 2000, split='train')
+
+
+def corrupt_demonstrations(examples: Sequence[Any], rate: float, seed: int) -> list[Any]:
+  """An imperfect teacher: a `rate` fraction of demonstrations get another problem's answer.
+
+  Which examples are corrupted, and whose demonstration each one receives, is a function of
+  `seed`; a demonstration that happens to equal the original is kept (so slightly fewer than
+  `rate` are wrong).
+  """
+  rng = np.random.default_rng([seed, 0x5EED])
+  n = len(examples)
+  wrong = rng.random(n) < rate
+  donors = (np.arange(n) + rng.integers(1, max(n, 2), size=n)) % n
+  return [dataclasses.replace(e, demonstration=examples[int(d)].demonstration) if w else e
+          for e, w, d in zip(examples, wrong, donors)]
+
+
+def epoch_batch_indices(num_examples: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+  """Indices of SFT batch `step` (0-based): consecutive slices of per-epoch permutations.
+
+  A pure function of (num_examples, batch_size, step, seed), so the data position is the step.
+  """
+  start = step * batch_size
+  out = []
+  while len(out) < batch_size:
+    epoch, offset = divmod(start + len(out), num_examples)
+    perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    take = min(batch_size - len(out), num_examples - offset)
+    out.extend(perm[offset:offset + take].tolist())
+  return np.asarray(out, np.int64)
+
+
+def _examples(config: Config, task, flag: str, split: str, num: int, which: str) -> list[Any]:
+  """`num` examples of `split` over the levels (and per-level counts) of `--{which}_levels`."""
+  levels = config.levels(which)
+  try:
+    if levels is None:
+      return task.examples(split, num)
+    counts = config.level_counts(which)
+    if counts is None:
+      counts = [num // len(levels) + (1 if i < num % len(levels) else 0)
+                for i in range(len(levels))]
+    out = []
+    for lvl, k in zip(levels, counts):
+      out.extend(task.examples(split, k, level=lvl))
+    return out
+  except ValueError as e:
+    raise ValueError(f'{flag} (with --{which}_levels={getattr(config, which + "_levels")!r}) '
+                     f'asks for more examples than the task has: {e}') from None
+
+
+def _phase_examples(config: Config, task) -> tuple[list[Any], list[Any], list[Any]]:
+  """The warm-start demonstrations, the RL pool and the held-out examples."""
+  c = config
+  sft = _examples(c, task, '--sft_num_demos', 'train', c.sft_num_demos, 'sft') \
+      if c.sft_steps else []
+  if c.demo_error_rate > 0 and sft:
+    sft = corrupt_demonstrations(sft, c.demo_error_rate, c.seed)
+  pool = []
+  if c.rl_steps and c.rl_pool_disjoint and sft:
+    # Draw extra and drop the demonstrated prompts: RL sees problems the warm start did not.
+    seen = {e.prompt for e in sft}
+    extra = _examples(c, task, '--rl_pool_size (+ --sft_num_demos, as --rl_pool_disjoint is '
+                      'set)', 'train', c.rl_pool_size + len(seen), 'rl')
+    pool = [e for e in extra if e.prompt not in seen][:c.rl_pool_size]
+  elif c.rl_steps:
+    pool = _examples(c, task, '--rl_pool_size', 'train', c.rl_pool_size, 'rl')
+  evals = _examples(c, task, '--eval_num', 'test', c.eval_num, 'eval')
+  return sft, pool, evals
+
+
+def build_data(config: Config, workdir: str) -> Data:
+  """Draws and encodes the examples of every phase; trains or loads the tokenizer."""
+  from rljax.data import tasks  # pylint: disable=g-import-not-at-top
+  task = tasks.get_task(config.task, seed=config.seed, **config.task_kwargs)
+  sft, pool, evals = _phase_examples(config, task)
+  tok = build_tokenizer(config, tokenizer_texts(task), workdir)
+  add_bos = tok.bos_id is not None
+  # One width for every phase: the longest prompt of any of them.
+  prompt_width = tok.encode_batch([e.prompt for e in sft + pool + evals],
+                                  add_bos=add_bos)[0].shape[1]
+  completion_width = config.max_new_tokens
+  sft_arrays = (None, None, None)
+  if sft:
+    try:
+      seqs = tok.encode_sequences([e.prompt for e in sft], [e.demonstration for e in sft],
+                                  prompt_len=prompt_width, completion_len=completion_width,
+                                  add_bos=add_bos)
+    except ValueError as e:
+      raise ValueError(f'a demonstration with EOS is longer than --max_new_tokens='
+                       f'{completion_width}: {e}') from None
+    sft_arrays = (seqs.tokens, seqs.prompt_mask + seqs.completion_mask, seqs.completion_mask)
+
+  def prompts(examples):
+    texts = [e.prompt for e in examples]
+    return (texts, *tok.encode_batch(texts, max_len=prompt_width, add_bos=add_bos))
+
+  return Data(task, tok, prompt_width, completion_width, *sft_arrays, *prompts(pool),
+              *prompts(evals))
