@@ -270,103 +270,28 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
     mesh's batch axes (call it under `jax.set_mesh(mesh)` so mini-batches keep that sharding);
     `ref_params` may be None when `cfg.uses_ref` is False. `metrics` is a dict of scalars.
   """
-  spec = cfg.spec
-  if cfg.is_correction != 'none' and not spec.supports_is:
+  if cfg.is_correction != 'none' and not cfg.spec.supports_is:
     raise ValueError(f'is_correction={cfg.is_correction!r} does not apply to estimator '
                      f'{cfg.estimator!r}, which builds its own weights from raw rewards')
   if num_epochs < 1 or num_minibatches < 1:
     raise ValueError(f'num_epochs and num_minibatches must be >= 1, got {num_epochs}, '
                      f'{num_minibatches}')
-  aggregation = cfg.aggregation_mode
-  adv_mode = cfg.advantage_mode
-  temperature = cfg.temperature
-  need_entropy_grad = cfg.entropy_coef > 0
-
-  def loss_fn(params, mb, key, loss_kwargs):
-    out = score_fn(graphdef, params, mb['tokens'], mb['input_mask'], mb['mask'],
-                   temperature=temperature, return_entropy=need_entropy_grad)
-    logp, entropy = out if need_entropy_grad else (out, None)
-    inputs = est_lib.LossInputs(
-        logp=logp, old_logp=mb['old_logp'], behavior_logp=mb['behavior_logp'],
-        ref_logp=mb['ref_logp'], advantages=mb['advantages'], rewards=mb['rewards'],
-        mask=mb['mask'], key=key, group_size=group_size, is_weights=mb.get('is_weights'))
-    main = spec(inputs, loss_kwargs)
-    total = main.loss
-    metrics = {f'loss/{k}': v for k, v in main.metrics.items()}
-    metrics['loss/policy'] = main.loss
-    if cfg.kl_coef > 0:
-      kl = rljax.kl_penalty_loss(logp, mb['ref_logp'], mb['mask'], cfg.kl_coef,
-                                 estimator=cfg.kl_estimator, aggregation=aggregation,
-                                 max_tokens=loss_kwargs.get('max_tokens'))
-      total = total + kl.loss
-      metrics['loss/kl_penalty'] = kl.loss
-    if need_entropy_grad:
-      ent = rljax.entropy_bonus(entropy, mb['mask'], cfg.entropy_coef, aggregation=aggregation,
-                                max_tokens=loss_kwargs.get('max_tokens'))
-      total = total + ent.loss
-      metrics['loss/entropy_bonus'] = ent.loss
-    # Importance-ratio diagnostics of the current policy against the proximal anchor.
-    d = rljax.log_ratio(jax.lax.stop_gradient(logp), mb['old_logp'], mb['mask'], clamp=cfg.clamp)
-    ratios = ratios_lib.ratio_metrics(d, mb['mask'], clamp=cfg.clamp)
-    metrics.update({_RATIO_METRICS[k]: v for k, v in ratios.items()})
-    metrics['loss/total'] = total
-    return total, metrics
+  loss_fn = _make_loss_fn(graphdef, cfg, group_size)
 
   def update(state: TrainState, ref_params: Any, batch: TrainBatch, key: jax.Array):
-    sample = batch.sample
-    tokens = sample.tokens
-    b, length = tokens.shape
+    b = batch.sample.tokens.shape[0]
     if b % group_size:
       raise ValueError(f'batch size {b} is not a multiple of group_size={group_size}')
     num_groups = b // group_size
     if num_groups % num_minibatches:
       raise ValueError(f'{num_groups} prompts per batch do not split into '
                        f'num_minibatches={num_minibatches}')
-    mask = sample.completion_mask.astype(jnp.float32)
-    input_mask = sample.input_mask.astype(jnp.int32)
-
-    trainer_logp, entropy = score_fn(graphdef, state.params, tokens, input_mask, mask,
-                                     temperature=temperature, return_entropy=True)
-    trainer_logp = jax.lax.stop_gradient(trainer_logp)
-    entropy = jax.lax.stop_gradient(entropy)
-    if cfg.uses_ref:
-      ref_logp = jax.lax.stop_gradient(
-          score_fn(graphdef, ref_params, tokens, input_mask, mask, temperature=temperature))
-    else:
-      ref_logp = jnp.zeros_like(trainer_logp)
-    old_logp = trainer_logp if cfg.old_logp == 'trainer' else sample.behavior_logp
-
-    if adv_mode == 'given':
-      adv = batch.advantages.astype(jnp.float32)
-    else:
-      adv = est_lib.compute_advantages(batch.rewards, group_size, adv_mode)
-    if cfg.is_correction != 'none':
-      is_w = rljax.truncated_is_weights(
-          sample.behavior_logp, trainer_logp, mask, cap=cfg.is_cap, level=cfg.is_level,
-          mode='truncate' if cfg.is_correction == 'tis' else 'mask')
-      is_weights, is_metrics = is_w.weights, is_w.metrics
-    else:
-      is_weights, is_metrics = None, {}
-
-    loss_kwargs = cfg.estimator_kwargs(max_new_tokens or length)
-
-    data = {
-        'tokens': tokens, 'input_mask': input_mask, 'mask': mask, 'old_logp': old_logp,
-        'behavior_logp': sample.behavior_logp, 'ref_logp': ref_logp, 'advantages': adv,
-        'rewards': batch.rewards,
-    }
-    if is_weights is not None:
-      data['is_weights'] = is_weights
-    steps = num_epochs * num_minibatches
-    mb_rows = b // num_minibatches
+    data, scored = _score_batch(graphdef, cfg, state.params, ref_params, batch, group_size)
+    loss_kwargs = cfg.estimator_kwargs(max_new_tokens or batch.sample.tokens.shape[1])
     key_perm, key_loss = jax.random.split(key)
-    if shuffle and num_minibatches > 1:
-      perms = jax.vmap(lambda k: jax.random.permutation(k, num_groups))(
-          jax.random.split(key_perm, num_epochs))
-    else:
-      perms = jnp.broadcast_to(jnp.arange(num_groups), (num_epochs, num_groups))
-    rows = (perms[:, :, None] * group_size + jnp.arange(group_size)).reshape(steps, mb_rows)
-    loss_keys = jax.random.split(key_loss, steps)
+    rows = _minibatch_rows(key_perm, num_groups, group_size, num_epochs, num_minibatches,
+                           shuffle)
+    loss_keys = jax.random.split(key_loss, num_epochs * num_minibatches)
 
     def body(carry, xs):
       params, opt_state, step = carry
@@ -384,34 +309,133 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
     metrics = {k: (jnp.max(v) if k.endswith('max') else
                    jnp.min(v) if k.endswith('min') else jnp.mean(v))
                for k, v in mb_metrics.items()}
-
-    # Batch statistics, from the global arrays.
-    rewards = batch.rewards.astype(jnp.float32)
-    grouped = rewards.reshape(num_groups, group_size)
-    lengths = jnp.sum(mask, axis=1)
-    gap = jnp.abs(trainer_logp - sample.untruncated_logp)
-    metrics.update({
-        'reward_mean': jnp.mean(rewards),
-        'reward_std': jnp.std(rewards),
-        'response_length': jnp.mean(lengths),
-        'response_length_max': jnp.max(lengths),
-        'truncation_rate': 1.0 - jnp.mean(sample.stopped.astype(jnp.float32)),
-        'entropy': rljax.masked_mean(entropy, mask),
-        'advantage_abs_mean': jnp.mean(jnp.abs(adv)),
-        'mixed_groups_frac': jnp.mean((jnp.max(grouped, 1) > jnp.min(grouped, 1))
-                                      .astype(jnp.float32)),
-        'logp_diff/trainer_sampler_mean': rljax.masked_mean(gap, mask),
-        'logp_diff/trainer_sampler_max': aggregation_lib.masked_max(gap, mask),
-        'num_tokens': jnp.sum(mask),
-        'learning_rate_step': step.astype(jnp.float32),
-    })
-    metrics.update({f'is/{k}': v for k, v in is_metrics.items()})
-    if cfg.uses_ref:
-      k3 = rljax.kl_divergence(trainer_logp, ref_logp, mask, estimator='k3')
-      metrics['kl_ref'] = rljax.masked_mean(k3, mask)
+    metrics.update(_batch_metrics(cfg, batch, data, scored, group_size))
+    metrics['learning_rate_step'] = step.astype(jnp.float32)
     return TrainState(params=params, opt_state=opt_state, step=step), metrics
 
   return jax.jit(update, donate_argnums=(0,) if donate else ())
+
+
+def _make_loss_fn(graphdef: nnx.GraphDef, cfg: LossConfig, group_size: int):
+  """`loss_fn(params, minibatch, key, loss_kwargs) -> (total loss, metrics)` of one update."""
+  spec = cfg.spec
+  need_entropy_grad = cfg.entropy_coef > 0
+
+  def loss_fn(params, mb, key, loss_kwargs):
+    out = score_fn(graphdef, params, mb['tokens'], mb['input_mask'], mb['mask'],
+                   temperature=cfg.temperature, return_entropy=need_entropy_grad)
+    logp, entropy = out if need_entropy_grad else (out, None)
+    inputs = est_lib.LossInputs(
+        logp=logp, old_logp=mb['old_logp'], behavior_logp=mb['behavior_logp'],
+        ref_logp=mb['ref_logp'], advantages=mb['advantages'], rewards=mb['rewards'],
+        mask=mb['mask'], key=key, group_size=group_size, is_weights=mb.get('is_weights'))
+    main = spec(inputs, loss_kwargs)
+    total = main.loss
+    metrics = {f'loss/{k}': v for k, v in main.metrics.items()}
+    metrics['loss/policy'] = main.loss
+    if cfg.kl_coef > 0:
+      kl = rljax.kl_penalty_loss(logp, mb['ref_logp'], mb['mask'], cfg.kl_coef,
+                                 estimator=cfg.kl_estimator, aggregation=cfg.aggregation_mode,
+                                 max_tokens=loss_kwargs.get('max_tokens'))
+      total = total + kl.loss
+      metrics['loss/kl_penalty'] = kl.loss
+    if need_entropy_grad:
+      ent = rljax.entropy_bonus(entropy, mb['mask'], cfg.entropy_coef,
+                                aggregation=cfg.aggregation_mode,
+                                max_tokens=loss_kwargs.get('max_tokens'))
+      total = total + ent.loss
+      metrics['loss/entropy_bonus'] = ent.loss
+    # Importance-ratio diagnostics of the current policy against the proximal anchor.
+    d = rljax.log_ratio(jax.lax.stop_gradient(logp), mb['old_logp'], mb['mask'], clamp=cfg.clamp)
+    ratios = ratios_lib.ratio_metrics(d, mb['mask'], clamp=cfg.clamp)
+    metrics.update({_RATIO_METRICS[k]: v for k, v in ratios.items()})
+    metrics['loss/total'] = total
+    return total, metrics
+
+  return loss_fn
+
+
+def _score_batch(graphdef, cfg: LossConfig, params, ref_params, batch: TrainBatch,
+                 group_size: int) -> tuple[dict[str, jax.Array], dict[str, Any]]:
+  """The update's per-row data (the policy scored once before any step) and diagnostics.
+
+  Returns:
+    `(data, scored)`: `data` holds what every mini-batch slices (tokens, masks, anchors,
+    advantages, rewards, IS weights); `scored` the trainer log-probs, entropy, reference
+    log-probs and the IS metrics, for the batch statistics.
+  """
+  sample = batch.sample
+  mask = sample.completion_mask.astype(jnp.float32)
+  input_mask = sample.input_mask.astype(jnp.int32)
+  trainer_logp, entropy = score_fn(graphdef, params, sample.tokens, input_mask, mask,
+                                   temperature=cfg.temperature, return_entropy=True)
+  trainer_logp = jax.lax.stop_gradient(trainer_logp)
+  entropy = jax.lax.stop_gradient(entropy)
+  if cfg.uses_ref:
+    ref_logp = jax.lax.stop_gradient(score_fn(graphdef, ref_params, sample.tokens, input_mask,
+                                              mask, temperature=cfg.temperature))
+  else:
+    ref_logp = jnp.zeros_like(trainer_logp)
+  old_logp = trainer_logp if cfg.old_logp == 'trainer' else sample.behavior_logp
+  if cfg.advantage_mode == 'given':
+    adv = batch.advantages.astype(jnp.float32)
+  else:
+    adv = est_lib.compute_advantages(batch.rewards, group_size, cfg.advantage_mode)
+  data = {
+      'tokens': sample.tokens, 'input_mask': input_mask, 'mask': mask, 'old_logp': old_logp,
+      'behavior_logp': sample.behavior_logp, 'ref_logp': ref_logp, 'advantages': adv,
+      'rewards': batch.rewards,
+  }
+  is_metrics = {}
+  if cfg.is_correction != 'none':
+    is_w = rljax.truncated_is_weights(
+        sample.behavior_logp, trainer_logp, mask, cap=cfg.is_cap, level=cfg.is_level,
+        mode='truncate' if cfg.is_correction == 'tis' else 'mask')
+    data['is_weights'], is_metrics = is_w.weights, is_w.metrics
+  scored = dict(trainer_logp=trainer_logp, entropy=entropy, ref_logp=ref_logp,
+                is_metrics=is_metrics)
+  return data, scored
+
+
+def _minibatch_rows(key, num_groups: int, group_size: int, num_epochs: int,
+                    num_minibatches: int, shuffle: bool) -> jax.Array:
+  """Row indices `[num_epochs * num_minibatches, rows per mini-batch]`, whole groups each."""
+  if shuffle and num_minibatches > 1:
+    perms = jax.vmap(lambda k: jax.random.permutation(k, num_groups))(
+        jax.random.split(key, num_epochs))
+  else:
+    perms = jnp.broadcast_to(jnp.arange(num_groups), (num_epochs, num_groups))
+  rows = perms[:, :, None] * group_size + jnp.arange(group_size)
+  return rows.reshape(num_epochs * num_minibatches, -1)
+
+
+def _batch_metrics(cfg: LossConfig, batch: TrainBatch, data, scored,
+                   group_size: int) -> dict[str, jax.Array]:
+  """Statistics of the whole batch (rewards, lengths, entropy, sampler gap, reference KL)."""
+  sample, mask, adv = batch.sample, data['mask'], data['advantages']
+  rewards = batch.rewards.astype(jnp.float32)
+  grouped = rewards.reshape(-1, group_size)
+  lengths = jnp.sum(mask, axis=1)
+  gap = jnp.abs(scored['trainer_logp'] - sample.untruncated_logp)
+  metrics = {
+      'reward_mean': jnp.mean(rewards),
+      'reward_std': jnp.std(rewards),
+      'response_length': jnp.mean(lengths),
+      'response_length_max': jnp.max(lengths),
+      'truncation_rate': 1.0 - jnp.mean(sample.stopped.astype(jnp.float32)),
+      'entropy': rljax.masked_mean(scored['entropy'], mask),
+      'advantage_abs_mean': jnp.mean(jnp.abs(adv)),
+      'mixed_groups_frac': jnp.mean((jnp.max(grouped, 1) > jnp.min(grouped, 1))
+                                    .astype(jnp.float32)),
+      'logp_diff/trainer_sampler_mean': rljax.masked_mean(gap, mask),
+      'logp_diff/trainer_sampler_max': aggregation_lib.masked_max(gap, mask),
+      'num_tokens': jnp.sum(mask),
+  }
+  metrics.update({f'is/{k}': v for k, v in scored['is_metrics'].items()})
+  if cfg.uses_ref:
+    k3 = rljax.kl_divergence(scored['trainer_logp'], scored['ref_logp'], mask, estimator='k3')
+    metrics['kl_ref'] = rljax.masked_mean(k3, mask)
+  return metrics
 
 
 def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
