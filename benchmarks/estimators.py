@@ -16,7 +16,7 @@ host CPU with the same thread count (median of `--reps` calls):
 
 The speed-up is torch / rljax, the like-for-like comparison (the same loss and gradient on both
 sides). All JAX functions are timed, then all PyTorch ones, in `--rounds` rounds (see
-`_phased_medians`). Goal (issue 3): every estimator at least 2x faster than eager PyTorch. The
+`_phased_medians`). Goal: every estimator at least 2x faster than eager PyTorch. The
 script exits with an error if any PyTorch loss or gradient differs from rljax's by more than 1e-4
 (relative), so a small run (`--batch 16 --length 32 --reps 1`, as `tests/test_benchmarks.py`
 does) doubles as a check against independent PyTorch implementations.

@@ -6,6 +6,7 @@ out in NumPy / plain jnp, and the 8-device data-parallel update against one devi
 """
 
 import dataclasses
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -168,6 +169,22 @@ def test_ppo_epochs_use_the_pre_update_anchor(setup):
   assert int(new.step) == 2
   assert float(m['ratio/max']) > 1.0 + 1e-4 or float(m['ratio/min']) < 1.0 - 1e-4
   assert np.isfinite(float(m['loss/total']))
+
+
+@pytest.mark.parametrize('name', sorted(est_lib.ESTIMATORS))
+def test_every_registry_keyword_is_in_its_loss_signature(name):
+  """Inputs, presets, flag keywords and shared options all name parameters of the loss."""
+  spec = est_lib.get_estimator(name)
+  params = inspect.signature(spec.loss).parameters
+  named = list(spec.inputs) + list(spec.presets) + [f.keyword for f in spec.flags]
+  assert [k for k in named if k not in params] == [], name
+  assert set(spec.keywords) == set(params) - set(spec.inputs), name
+  for f in spec.flags:  # a flag sets an option of the loss, never one of its array inputs
+    assert f.keyword not in spec.inputs, (name, f.name)
+  if spec.aggregation is not None:
+    assert 'aggregation' in params, name
+  if spec.alias_of is not None:
+    assert est_lib.get_estimator(spec.alias_of).loss is spec.loss, name
 
 
 @pytest.mark.parametrize('name', sorted(est_lib.ESTIMATORS))

@@ -4,8 +4,8 @@ One `jax.jit` holds the whole generation:
 
 1. **Prefill.** The left-padded prompt `[B, P]` runs through the model once (rotary positions
    `max(cumsum(prompt_mask) - 1, 0)`, padding keys masked); each layer's rotated keys and values
-   go into that layer's cache, `k, v: [B, K, S, Dh]` (one pair of arrays per layer: a stacked
-   `[layers, ...]` cache was measured slower on CPU). The last prompt position gives the logits
+   go into that layer's cache, `k, v: [B, K, S, Dh]` (one pair of arrays per layer, updated in
+   place on its own; `rljax.models.decode`). The last prompt position gives the logits
    of the first new token.
 2. **Decode.** Token t-1 is fed at cache slot `P + t - 1` with position `n_b + t - 1`
    (`n_b` = number of real prompt tokens of row b), its key/value are written with
