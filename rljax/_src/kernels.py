@@ -199,26 +199,25 @@ def uniform_priority_reference(key: jax.Array, shape: Tuple[int, int]) -> jax.Ar
   """Uniform [0, 1) float32 [B, T], deterministic given `key`: Threefry block (0, c) for
   c = i * ceil(T/2) + j gives entry (i, j) from its first word and (i, ceil(T/2) + j) from its
   second. Keys of another PRNG implementation (e.g. ``impl='rbg'``) use `jax.random.uniform`."""
-  rows, cols = shape
-  half = (cols + 1) // 2
-  data = _threefry_key_data(key, rows, half)
-  if data is None:
-    return jax.random.uniform(key, shape)
-  counts = _priority_counters(rows, half)
-  bits_a, bits_b = threefry2x32_reference(data, jnp.zeros_like(counts), counts)
-  return _uniform_from_bits(jnp.concatenate([bits_a, bits_b], axis=1)[:, :cols])
+  return _uniform_priority(key, shape, threefry2x32_reference)
 
 
 def uniform_priority(key: jax.Array, shape: Tuple[int, int]) -> jax.Array:
   """`uniform_priority_reference` through XLA's own Threefry primitive (both output words)."""
+  return _uniform_priority(
+      key, shape, lambda data, x0, x1: jax.extend.random.threefry2x32_p.bind(
+          data[0], data[1], x0, x1))
+
+
+def _uniform_priority(key, shape, threefry):
+  """Both words of `threefry(key data, 0, counter)` per block as uniform [0, 1) `shape`."""
   rows, cols = shape
   half = (cols + 1) // 2
   data = _threefry_key_data(key, rows, half)
   if data is None:
     return jax.random.uniform(key, shape)
   counts = _priority_counters(rows, half)
-  bits_a, bits_b = jax.extend.random.threefry2x32_p.bind(data[0], data[1],
-                                                         jnp.zeros_like(counts), counts)
+  bits_a, bits_b = threefry(data, jnp.zeros_like(counts), counts)
   return _uniform_from_bits(jnp.concatenate([bits_a, bits_b], axis=1)[:, :cols])
 
 
