@@ -24,7 +24,7 @@ FLAGS = [
     '--max_new_tokens=4', '--rl_pool_size=16', '--eval_num=4', '--eval_samples=2',
     '--eval_every=4', '--checkpoint_every=2', '--keep_checkpoints=2', '--console=false',
     '--curriculum=reinforce_ada', '--curriculum_args={"samples_per_round": 2, "max_rounds": 2}',
-    '--seed=3',
+    '--seed=3', '--track_ref_kl=true',
 ]
 TIMING = ('time', 'tokens_per_sec')
 
