@@ -158,19 +158,19 @@ def _spec(name, loss, inputs, advantage, aggregation, description, *, source, fl
 
 
 _CLIP_02 = {'epsilon_low': 0.2, 'epsilon_high': 0.2}
+_GRPO = _spec('grpo', rljax.ppo_clip_loss, _ADV, 'group', 'token-mean',
+              'GRPO: PPO clip with group-normalised advantages', flags=PPO_FLAGS,
+              presets=_CLIP_02, source='GRPO (arXiv 2402.03300); eps 0.2/0.2 as verl and TRL')
 
 ESTIMATORS: dict[str, EstimatorSpec] = {
     s.name: s for s in (
         _spec('reinforce', rljax.reinforce_loss, ('logp', 'advantages', 'mask'), 'rloo',
               'seq-mean-token-sum', 'REINFORCE with the leave-one-out (RLOO) baseline',
               source='RLOO, Ahmadian et al. 2024 (arXiv 2402.14740)'),
-        _spec('grpo', rljax.ppo_clip_loss, _ADV, 'group', 'token-mean',
-              'GRPO: PPO clip with group-normalised advantages', flags=PPO_FLAGS,
-              presets=_CLIP_02, source='GRPO (arXiv 2402.03300); eps 0.2/0.2 as verl and TRL'),
-        _spec('ppo', rljax.ppo_clip_loss, _ADV, 'group', 'token-mean',
-              'PPO clip objective (critic-free, group advantages)', flags=PPO_FLAGS,
-              presets=_CLIP_02, alias_of='grpo',
-              source='PPO (arXiv 1707.06347); eps 0.2 of the paper'),
+        _GRPO,
+        dataclasses.replace(_GRPO, name='ppo', alias_of='grpo',
+                            description='PPO clip objective (critic-free, group advantages)',
+                            source='PPO (arXiv 1707.06347); eps 0.2 of the paper'),
         _spec('dr_grpo', rljax.ppo_clip_loss, _ADV, 'group-none', 'seq-mean-token-sum-norm',
               'Dr. GRPO: no std scaling, constant length normaliser', flags=PPO_FLAGS,
               presets=_CLIP_02, source='Dr. GRPO (arXiv 2503.20783)'),
