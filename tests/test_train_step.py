@@ -176,9 +176,13 @@ def test_every_registry_keyword_is_in_its_loss_signature(name):
   """Inputs, presets, flag keywords and shared options all name parameters of the loss."""
   spec = est_lib.get_estimator(name)
   params = inspect.signature(spec.loss).parameters
-  named = list(spec.inputs) + list(spec.presets) + [f.keyword for f in spec.flags]
-  assert [k for k in named if k not in params] == [], name
-  assert set(spec.keywords) == set(params) - set(spec.inputs), name
+  positional = list(params)[:len(spec.inputs)]
+  # Inputs name the loss's leading parameters; TOPR's rewards arrive as the signed advantages.
+  assert [i if (i, p) != ('advantages', 'rewards') else p
+          for i, p in zip(spec.inputs, positional)] == positional, name
+  named = list(spec.presets) + [f.keyword for f in spec.flags]
+  assert [k for k in named if k not in params or k in positional] == [], name
+  assert set(spec.keywords) == set(params) - set(positional), name
   for f in spec.flags:  # a flag sets an option of the loss, never one of its array inputs
     assert f.keyword not in spec.inputs, (name, f.name)
   if spec.aggregation is not None:
@@ -315,6 +319,9 @@ def test_advantage_modes_match_numpy():
   np.testing.assert_allclose(est_lib.compute_advantages(jnp.asarray(r), 2, 'rloo'), loo,
                              atol=1e-7)
   np.testing.assert_allclose(est_lib.compute_advantages(jnp.asarray(r), 2, 'raw'), r)
+  # TOPR's +-1 rewards: a failure (0) is -1, a success (1) is +1.
+  np.testing.assert_allclose(est_lib.compute_advantages(jnp.asarray(r), 2, 'signed'),
+                             [1., -1., -1., -1., 1., 1., 0., -1.])
 
 
 def test_schedule_warmup_then_cosine():

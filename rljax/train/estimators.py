@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import rljax
 
 ADVANTAGE_MODES = ('group', 'group-none', 'group-batch-std', 'rloo', 'global', 'raw',
-                   'given')
+                   'signed', 'given')
 # Advantage modes that subtract a baseline over the other completions of the prompt.
 GROUP_BASELINE_MODES = ('group', 'group-none', 'group-batch-std', 'rloo', 'global')
 IS_CORRECTIONS = ('none', 'tis', 'mis')
@@ -98,7 +98,9 @@ class EstimatorSpec:
   Attributes:
     name: the `--estimator` value.
     loss: the `rljax` loss function.
-    inputs: the `LossInputs` fields passed positionally, in the loss's order.
+    inputs: the `LossInputs` fields passed positionally, in the loss's order (each names the
+      loss's parameter, except that a loss of `rewards` may be given the `advantages`: TOPR's
+      preset passes its ±1 rewards as the ``signed`` advantages).
     advantage: preset advantage mode (one of `ADVANTAGE_MODES`).
     aggregation: preset aggregation (None for losses without one, e.g. CoPG's pair loss).
     presets: preset keyword arguments of the loss.
@@ -107,6 +109,8 @@ class EstimatorSpec:
     description: one line for `--help` and the README.
     min_group_size: fewest completions per prompt the loss is defined for.
     needs_ref: whether the loss itself uses `ref_logp` (the reference is then always scored).
+    own_ratio: whether the loss weights by its own ratio to the sampling distribution (TOPR), so
+      rollout-vs-trainer IS weights would correct the same mismatch twice.
     alias_of: the estimator this one duplicates under another name (left out of comparisons).
   """
 
@@ -121,18 +125,19 @@ class EstimatorSpec:
   description: str = ''
   min_group_size: int = 1
   needs_ref: bool = False
+  own_ratio: bool = False
   alias_of: str | None = None
 
   @property
   def keywords(self) -> frozenset[str]:
-    """The loss's keyword arguments."""
-    return frozenset(inspect.signature(self.loss).parameters) - set(self.inputs)
+    """The loss's keyword arguments (its parameters after the positional inputs)."""
+    return frozenset(list(inspect.signature(self.loss).parameters)[len(self.inputs):])
 
   @property
   def supports_is(self) -> bool:
     """Rollout-vs-trainer IS weights apply to losses of advantages (not of raw rewards, whose
-    own construction the weights would change)."""
-    return 'advantages' in self.inputs
+    own construction the weights would change, nor to a loss with its own sampling ratio)."""
+    return 'advantages' in self.inputs and not self.own_ratio
 
   def __call__(self, x: LossInputs, kwargs: Mapping[str, Any]):
     """The loss on `x` with `kwargs`; IS weights go to `is_weights` or into the advantages."""
@@ -187,11 +192,14 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
               flags=(EPSILON_LOW, EPSILON_HIGH), presets={'epsilon_high': 0.28},
               source='MiniMax-M1 (arXiv 2506.13585); the paper publishes no epsilon_high, '
               "0.28 is Trinity-RFT's (cap 1.28), no lower bound"),
-        _spec('topr', rljax.topr_loss, ('logp', 'behavior_logp', 'rewards', 'mask'), 'raw',
-              'seq-mean-token-mean', 'TOPR: tapered off-policy REINFORCE on raw rewards',
+        _spec('topr', rljax.topr_loss, ('logp', 'behavior_logp', 'advantages', 'mask'),
+              'signed', 'seq-mean-token-mean',
+              'TOPR: tapered off-policy REINFORCE on +-1 rewards',
               flags=(Flag('topr_baseline', 'baseline', 'TOPR reward baseline (preset if unset).'),),
-              source='TOPR (arXiv 2503.14286); its ratio is to the sampling distribution, so it '
-              'corrects the rollout-vs-trainer mismatch itself'),
+              own_ratio=True,
+              source='TOPR (arXiv 2503.14286): +-1 rewards (2r - 1 of a pass/fail verifier), '
+              'baseline 0, trajectory ratio to the sampling distribution (so it corrects the '
+              'rollout-vs-trainer mismatch itself)'),
         _spec('copg', rljax.copg_loss, ('logp', 'ref_logp', 'rewards', 'mask', 'group_size'),
               'raw', None, 'CoPG: contrastive policy gradient over all pairs of a group',
               flags=(Flag('copg_beta', 'beta', 'CoPG beta (preset if unset).', lo=0.0,
@@ -270,7 +278,9 @@ def compute_advantages(rewards: jax.Array, group_size: int, mode: str) -> jax.Ar
   * ``rloo``: leave-one-out mean baseline.
   * ``global``: the same as ``group-none`` for contiguous fixed groups (Reinforce-Ada's
     per-prompt mean over all samples of the prompt in the batch).
-  * ``raw``: the rewards themselves (for losses with their own baseline, e.g. TOPR, CoPG).
+  * ``raw``: the rewards themselves (for losses with their own baseline, e.g. CoPG, OPMD).
+  * ``signed``: 2r - 1, which maps a pass/fail verifier's {0, 1} to the ±1 rewards of the TOPR
+    paper (arXiv 2503.14286, §4), so failures carry negative advantages.
   * ``given``: computed outside the update (e.g. Reinforce-Ada's baseline over every sample
     drawn for the prompt) and passed in `TrainBatch.advantages`; not handled here.
   """
