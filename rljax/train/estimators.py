@@ -298,4 +298,6 @@ def compute_advantages(rewards: jax.Array, group_size: int, mode: str) -> jax.Ar
     b = rewards.shape[0]
     gids = jnp.arange(b, dtype=jnp.int32) // group_size
     return rljax.global_baseline_advantages(rewards, gids, b // group_size)
+  if mode == 'signed':
+    return 2.0 * rewards.astype(jnp.float32) - 1.0
   return rewards.astype(jnp.float32)
