@@ -1,5 +1,5 @@
-"""Advantages and baselines: group-relative (GRPO, Dr. GRPO, REINFORCE++), RLOO, global
-per-prompt baselines (Reinforce-Ada), discounted returns and GAE.
+"""Advantages and baselines: group-relative (GRPO, Dr. GRPO, REINFORCE++-baseline, Lite PPO),
+RLOO, global per-prompt baselines (Reinforce-Ada), discounted returns and GAE.
 
 Groups are contiguous runs of `group_size` completions of one prompt (B = num_prompts x
 group_size), except `global_baseline_advantages`, which takes ragged `group_ids`.
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from rljax._src import validation
 
-GROUP_SCALES = ("std", "none", "batch-std")
+GROUP_SCALES = ("std", "none", "batch-std", "batch-raw-std")
 
 
 def _grouped(rewards, group_size, name="rewards"):
@@ -35,17 +35,40 @@ def group_advantages(rewards: jax.Array,
                      eps: float = 1e-6) -> jax.Array:
   r"""Group-relative advantages :math:`A_i = (r_i - \bar r_g) / (\sigma + \epsilon)`.
 
-  * ``scale='std'``: GRPO (Shao et al., "DeepSeekMath", arXiv 2402.03300), with the unbiased
-    (n-1) group standard deviation and ε = 1e-6, as verl and tunix.
+  :math:`\bar r_g` is the mean of the group of i; the modes differ in σ.
+
+  * ``scale='std'``: GRPO (Shao et al., "DeepSeekMath", arXiv 2402.03300), σ the unbiased
+    (n-1) standard deviation of the group, ε = 1e-6, as verl (``grpo``) and tunix; TRL's
+    ``scale_rewards='group'`` is the same with ``eps=1e-4``.
   * ``scale='none'``: Dr. GRPO (Liu et al., "Understanding R1-Zero-Like Training", arXiv
     2503.20783): :math:`A_i = r_i - \bar r_g`. Its expected gradient is (G-1)/G times the policy
     gradient; `rloo_advantages` is the unbiased rescaling.
-  * ``scale='batch-std'``: REINFORCE++-baseline (Hu, arXiv 2501.03262; TRL ``scale_rewards=
-    'batch'``): group mean subtracted, then divided by the (n-1) std of those centred rewards
-    over the whole batch.
+  * ``scale='batch-std'``: σ the (n-1) standard deviation of the *centred* rewards
+    :math:`r_j - \bar r_{g(j)}` over the whole batch, the sequence-level form of
+    REINFORCE++-baseline (Hu, arXiv 2501.03262). verl's and OpenRLHF's REINFORCE++-baseline
+    whiten per token instead: they broadcast the centred reward over the completion's tokens,
+    subtract the token-weighted batch mean and divide by the token-level std (verl
+    ``masked_whiten``: Bessel over tokens, :math:`\sqrt{\mathrm{var}+10^{-8}}`; OpenRLHF:
+    population variance; both without a KL reward). When every completion has the same number L
+    of valid tokens that mean is 0 and their advantage is this one times
+    :math:`\sqrt{(nL-1)/(L(n-1))}` (verl) or :math:`\sqrt{n/(n-1)}` (OpenRLHF), up to ε.
+  * ``scale='batch-raw-std'``: σ the (n-1) standard deviation of the *raw* rewards over the whole
+    batch, :math:`\sigma^2 = \frac{1}{n-1}\sum_j (r_j - \bar r)^2` with :math:`\bar r` the batch
+    mean: the group-mean, batch-std advantage of Lite PPO (Liu et al., "Part I: Tricks or Traps?",
+    arXiv 2508.08221) as TRL (``scale_rewards='batch'``, ``GRPOTrainer.
+    _generate_and_score_completions``; reproduce it with ``eps=1e-4``) and Trinity-RFT
+    (``grpo`` advantage with ``std_cal_level='batch'``, ε = 1e-6) compute it. It is never larger
+    in magnitude than ``'batch-std'``: the raw variance adds the spread between group means.
+
+  n is the batch size B. TRL gathers the rewards of every process before it takes σ; here `rewards`
+  is the whole batch, so under `jit` with the batch sharded over a mesh the batch modes reduce
+  over all shards the same way.
 
   A group whose rewards are all equal, and a group of size 1, get advantage exactly 0 (rljax's
-  choice: verl gives a singleton its raw reward; TRL and tunix forbid singletons).
+  choice: verl and Trinity-RFT give a singleton mean 0 and σ = 1 in ``'std'``, so its raw
+  reward, and Trinity-RFT's batch level divides a singleton's raw reward by the batch σ; TRL and
+  tunix forbid singletons in training). A batch of one, and a batch whose rewards are all equal,
+  get 0 in every mode (TRL also gives 0; Trinity-RFT gives a batch of one σ = 1).
 
   Args:
     rewards: [B] scalar rewards, B a multiple of `group_size`.
@@ -61,6 +84,9 @@ def group_advantages(rewards: jax.Array,
     >>> a = rljax.group_advantages(jnp.array([1., 0., 1., 1.]), 2)  # std of (1, 0) is 1/sqrt(2)
     >>> [round(float(x), 4) for x in a]
     [0.7071, -0.7071, 0.0, 0.0]
+    >>> a = rljax.group_advantages(jnp.array([1., 0., 1., 1.]), 2, scale="batch-raw-std")
+    >>> [round(float(x), 4) for x in a]  # the (n-1) std of (1, 0, 1, 1) is 1/2
+    [1.0, -1.0, 0.0, 0.0]
   """
   validation.check_choice("scale", scale, GROUP_SCALES)
   validation.check_positive("eps", eps, strict=False)
@@ -70,6 +96,7 @@ def group_advantages(rewards: jax.Array,
   # A group with no spread carries no signal: exactly 0, not rounding noise / eps.
   flat = (jnp.max(r, axis=1, keepdims=True) == jnp.min(r, axis=1, keepdims=True))
   centred = jnp.where(flat, 0.0, centred)
+  n = centred.size
   if scale == "none":
     adv = centred
   elif scale == "std":
@@ -78,13 +105,16 @@ def group_advantages(rewards: jax.Array,
     else:
       std = jnp.sqrt(jnp.sum(jnp.square(centred), axis=1, keepdims=True) / (group_size - 1))
       adv = jnp.where(flat, 0.0, centred / (std + eps))
-  else:  # batch-std
-    n = centred.size
-    if n < 2:
-      adv = jnp.zeros_like(r)
-    else:
-      std = jnp.sqrt(jnp.sum(jnp.square(centred)) / (n - 1))
-      adv = centred / (std + eps)
+  elif n < 2:  # a batch of one has no batch std; its centred reward is 0 anyway
+    adv = jnp.zeros_like(r)
+  elif scale == "batch-std":
+    std = jnp.sqrt(jnp.sum(jnp.square(centred)) / (n - 1))
+    adv = centred / (std + eps)
+  else:  # batch-raw-std
+    # Two passes (batch mean, then squared deviations) keep float32 exact enough for rewards
+    # with a large common offset, where E[r^2] - E[r]^2 would cancel.
+    std = jnp.sqrt(jnp.sum(jnp.square(r - jnp.mean(r))) / (n - 1))
+    adv = centred / (std + eps)
   return adv.reshape(-1)
 
 
@@ -193,9 +223,9 @@ def gae_advantages(rewards: jax.Array,
                    lambda_: float = 1.0) -> Tuple[jax.Array, jax.Array]:
   r"""Generalised advantage estimation (Schulman et al., arXiv 1506.02438).
 
-  :math:`\delta_t = r_t + \gamma V_{t'} - V_t`, :math:`A_t = \delta_t + \gamma\lambda A_{t'}`, with t'
-  the next valid token and :math:`V = 0` after the last one. Masked positions are skipped. No
-  whitening (do it explicitly if wanted). Returns are :math:`A_t + V_t`.
+  :math:`\delta_t = r_t + \gamma V_{t'} - V_t`, :math:`A_t = \delta_t + \gamma\lambda A_{t'}`,
+  with t' the next valid token and :math:`V = 0` after the last one. Masked positions are
+  skipped. No whitening (do it explicitly if wanted). Returns are :math:`A_t + V_t`.
 
   Args:
     rewards: [B, T] per-token rewards.
