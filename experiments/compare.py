@@ -6,7 +6,10 @@ r"""Compares estimators on one task and budget: a table and a plot.
       --seeds=0,1
 
 `--estimators` defaults to every entry of the registry (`rljax.train.estimators.ESTIMATORS`)
-except aliases.
+except aliases. An entry may carry suffixes that change how its anchor or correction is set:
+``+tis`` / ``+mis`` (``--is_correction``, the rollout-vs-trainer importance weights) and
+``+behavior`` (``--old_logp=sampler``: the proximal ratio is to the sampler's log-probs), e.g.
+``grpo+tis,cispo+behavior``; every other flag stays the sweep's.
 
 For each seed the warm start runs once (`<root>/warmstart_seed<s>`, RL steps 0); then every
 estimator starts RL from that same policy (`<root>/<estimator>_seed<s>`, via
@@ -62,6 +65,29 @@ def _read(workdir: str):
   return summary, records
 
 
+# Suffixes of an --estimators entry: the Config fields each sets.
+VARIANTS = {'tis': {'is_correction': 'tis'}, 'mis': {'is_correction': 'mis'},
+            'behavior': {'old_logp': 'sampler'}}
+
+
+def run_config(base: config_lib.Config, name: str) -> config_lib.Config:
+  """`base` with the estimator (and suffixes) of the --estimators entry `name`, validated."""
+  estimator, *suffixes = name.split('+')
+  fields = {'estimator': estimator}
+  for suffix in suffixes:
+    if suffix not in VARIANTS:
+      raise ValueError(f'--estimators: {name!r} has suffix +{suffix}; valid suffixes: '
+                       f'{["+" + v for v in VARIANTS]}')
+    fields.update(VARIANTS[suffix])
+  if estimator not in est_lib.ESTIMATORS:
+    raise ValueError(f'--estimators: {estimator!r} is not an estimator; valid values: '
+                     f'{list(est_lib.ESTIMATORS)}')
+  try:
+    return base.replace(**fields).validate()
+  except ValueError as e:
+    raise ValueError(f'--estimators: {name!r}: {e}') from None
+
+
 def run_sweep(base: config_lib.Config, root: str, estimators: Sequence[str],
               seeds: Sequence[int], *, log=print) -> list[RunResult]:
   """Runs (or resumes) the warm starts and the estimator runs; returns one result per run."""
@@ -77,8 +103,9 @@ def run_sweep(base: config_lib.Config, root: str, estimators: Sequence[str],
       workdir = os.path.join(root, f'{name}_seed{seed}')
       if not os.path.exists(os.path.join(workdir, 'summary.json')):
         log(f'== {name}, seed {seed}: {workdir}')
-        cfg = base.replace(seed=seed, estimator=name, sft_steps=0,
-                           init_from_workdir=warm if base.sft_steps else base.init_from_workdir)
+        cfg = run_config(base, name).replace(
+            seed=seed, sft_steps=0,
+            init_from_workdir=warm if base.sft_steps else base.init_from_workdir)
         t0 = time.perf_counter()
         train_and_evaluate(cfg.validate(), workdir)
         log(f'   {name} seed {seed}: {time.perf_counter() - t0:.0f} s')
@@ -203,9 +230,7 @@ def main(argv):
   try:
     base = config_lib.config_from_flags(FLAGS)
     for name in FLAGS.estimators:
-      if name not in est_lib.ESTIMATORS:
-        raise ValueError(f'--estimators: {name!r} is not an estimator; valid values: '
-                         f'{list(est_lib.ESTIMATORS)}')
+      run_config(base, name)
     seeds = [int(s) for s in FLAGS.seeds]
   except ValueError as e:
     sys.stderr.write(f'FATAL Flags parsing error: {e}\n')

@@ -107,6 +107,11 @@ class _ConfigBase:
   curriculum: str = _f('uniform', 'Prompt sampler over the RL pool (rljax.data.curricula).',
                        choices=_curricula)
   curriculum_args: str = _f('{}', 'JSON dict of curriculum hyperparameters.')
+  rollout_staleness: int = _f(0, 'Sample each RL batch with the policy as it was this many RL '
+                              'steps (policy versions; each is num_epochs x num_minibatches '
+                              'optimizer updates) earlier, recording that sampler\'s behaviour '
+                              'log-probs, as an asynchronous trainer sees its data (0: '
+                              'on-policy).', lo=0)
 
   # --- RL update
   estimator: str = _f('grpo', 'Policy-gradient estimator.',

@@ -62,8 +62,14 @@ def rl_step(harness, state: dict, rl_step_index: int, rl_key) -> tuple[dict, dic
   times = {'sample': 0.0, 'reward': 0.0}
   arms, cstate = harness.curriculum.sample(state['curriculum'], k_cur, c.num_prompts)
   arms = np.asarray(arms)
-  draw = make_draw(harness, state['train'].params, arms, times)
+  params = state['train'].params
+  stale = state.get('stale')
+  # With --rollout_staleness=k the sampler is the policy of k RL steps ago (an asynchronous
+  # trainer's data); the current policy joins the queue before the update donates its buffers.
+  draw = make_draw(harness, stale[0] if stale else params, arms, times)
   collected = harness.curriculum.collect(k_sample, c.num_prompts, c.group_size, draw)
+  if stale:
+    stale = stale[1:] + [jax.tree.map(jnp.copy, params)]
   batch = TrainBatch.from_sample(collected.sample, collected.rewards, group_size=c.group_size,
                                  advantages=collected.advantages)
   t_train = time.perf_counter()
@@ -73,6 +79,8 @@ def rl_step(harness, state: dict, rl_step_index: int, rl_key) -> tuple[dict, dic
   cstate = harness.curriculum.update(cstate, jnp.asarray(arms),
                                      jnp.asarray(rewards.reshape(-1, c.group_size)))
   state = dict(state, train=train, curriculum=cstate)
+  if stale:
+    state['stale'] = stale
   m = {k: float(v) for k, v in jax.device_get(m).items()}  # Also ends this step's work.
   t_end = time.perf_counter()
   m.update(collected.metrics)

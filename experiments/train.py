@@ -260,12 +260,26 @@ class Harness:
       return {'train': train, 'rng': _key_data(self.base_key)}
     train = ts_lib.init_train_state(params, self.rl_tx, self.mesh)
     return {'train': train, 'ref_params': params, 'curriculum': self.curriculum.init(),
-            'rng': _key_data(self.base_key)}
+            'rng': _key_data(self.base_key), **self._stale_policies(params)}
 
   def _enter_rl(self, params) -> dict[str, Any]:
     ref = jax.device_put(jax.tree.map(jnp.copy, params), self.param_shardings)
     return {'train': ts_lib.init_train_state(params, self.rl_tx, self.mesh), 'ref_params': ref,
-            'curriculum': self.curriculum.init(), 'rng': _key_data(self.base_key)}
+            'curriculum': self.curriculum.init(), 'rng': _key_data(self.base_key),
+            **self._stale_policies(params)}
+
+  def _stale_policies(self, params) -> dict[str, Any]:
+    """`{'stale': [k copies of params]}` for --rollout_staleness=k > 0, else `{}`.
+
+    The list holds the policies of the last k RL steps, oldest first (the RL start's until k
+    steps have run); it is checkpointed with the state, so a resumed run samples from the same
+    stale policies.
+    """
+    k = self.config.rollout_staleness
+    if not k:
+      return {}
+    return {'stale': [jax.device_put(jax.tree.map(jnp.copy, params), self.param_shardings)
+                      for _ in range(k)]}
 
   def _restore(self) -> tuple[int, dict[str, Any], str, dict[str, Any], bool]:
     """`(step, state, phase, meta, resumed)` of the workdir's checkpoint, or of a fresh start."""

@@ -25,6 +25,8 @@ FLAGS = [
     '--eval_every=4', '--checkpoint_every=2', '--keep_checkpoints=2', '--console=false',
     '--curriculum=reinforce_ada', '--curriculum_args={"samples_per_round": 2, "max_rounds": 2}',
     '--seed=3', '--track_ref_kl=true',
+    # Resumption restores the stale sampler policies too (an asynchronous trainer's queue).
+    '--rollout_staleness=2',
 ]
 TIMING = ('time', 'tokens_per_sec')
 
