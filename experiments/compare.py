@@ -237,7 +237,11 @@ def main(argv):
     sys.exit(2)
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
-  results = run_sweep(base, FLAGS.root, FLAGS.estimators, seeds)
+  try:
+    results = run_sweep(base, FLAGS.root, FLAGS.estimators, seeds)
+  except config_lib.FlagValueError as e:
+    sys.stderr.write(f'FATAL {e}\n')
+    sys.exit(2)
   print(write_table(results, FLAGS.root))
   print(plot_results(results, FLAGS.root))
 

@@ -44,6 +44,13 @@ def _curricula():
   return tuple(curricula.SAMPLER_NAMES)
 
 
+class FlagValueError(ValueError):
+  """A flag value that only turns out invalid once the run builds its data or model.
+
+  The launchers print it as one line naming the flag, like an error of `Config.validate`.
+  """
+
+
 @dataclasses.dataclass(frozen=True)
 class _ConfigBase:
   """The fields of `Config` that no estimator declares."""

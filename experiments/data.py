@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from experiments.config import Config
+from experiments.config import FlagValueError
 
 
 @dataclasses.dataclass
@@ -109,7 +110,7 @@ def _examples(config: Config, task, flag: str, split: str, num: int, which: str)
       out.extend(task.examples(split, k, level=lvl))
     return out
   except ValueError as e:
-    raise ValueError(f'{flag} (with --{which}_levels={getattr(config, which + "_levels")!r}) '
+    raise FlagValueError(f'{flag} (with --{which}_levels={getattr(config, which + "_levels")!r}) '
                      f'asks for more examples than the task has: {e}') from None
 
 
@@ -151,7 +152,7 @@ def build_data(config: Config, workdir: str) -> Data:
                                   prompt_len=prompt_width, completion_len=completion_width,
                                   add_bos=add_bos)
     except ValueError as e:
-      raise ValueError(f'a demonstration with EOS is longer than --max_new_tokens='
+      raise FlagValueError(f'a demonstration with EOS is longer than --max_new_tokens='
                        f'{completion_width}: {e}') from None
     sft_arrays = (seqs.tokens, seqs.prompt_mask + seqs.completion_mask, seqs.completion_mask)
 

@@ -42,7 +42,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO.
   # Imported after validation so that a bad flag fails before JAX starts.
   from experiments import train  # pylint: disable=g-import-not-at-top
-  summary = train.train_and_evaluate(config, FLAGS.workdir)
+  try:
+    summary = train.train_and_evaluate(config, FLAGS.workdir)
+  except config_lib.FlagValueError as e:
+    sys.stderr.write(f'FATAL {e}\n')
+    sys.exit(2)
   return 0 if summary else 1
 
 

@@ -36,6 +36,16 @@ def test_invalid_flags_fail_at_startup_naming_the_flag(tmp_path, args, pattern):
   assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
 
 
+
+def test_a_flag_that_fails_when_the_data_is_built_prints_one_line(tmp_path):
+  # Level-1 addition has 55 distinct problems: more demonstrations than that is a user mistake.
+  result = _launch(['--task_args={"levels": [1], "ops": ["+"]}', '--sft_num_demos=500',
+                    '--sft_steps=1', '--rl_steps=0', '--model=micro'], tmp_path, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-2000:]
+  fatal = [line for line in result.stderr.splitlines() if line.startswith('FATAL')]
+  assert len(fatal) == 1 and '--sft_num_demos' in fatal[0], result.stderr[-2000:]
+
 @pytest.mark.parametrize('args, pattern', [
     (['--aggregation=mean'], r'--aggregation.*token-mean'),
     (['--group_size=0'], r'--group_size'),
