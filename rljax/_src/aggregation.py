@@ -91,6 +91,25 @@ def aggregate(values: jax.Array,
     ``dr_grpo`` constant; verl and Trinity-RFT divide by T only (no 1/B), which makes the loss
     scale grow with the batch: multiply by B to reproduce them.
 
+  Which objective the gradient follows when lengths vary (REINFORCE, A = R - baseline, shown by
+  exact enumeration of a tabular policy with an end-of-sequence token in
+  tests/test_exact_variable_length.py; ``python -m tests.test_exact_variable_length`` prints the
+  table):
+
+  * ``seq-mean-token-sum`` is unbiased for :math:`\nabla E[R(y)]` with no baseline, a constant
+    baseline or RLOO; the group-mean baseline gives :math:`(G-1)/G` times it.
+    ``seq-mean-token-sum-norm`` is the same divided by ``max_tokens``.
+  * ``seq-mean-token-mean`` is unbiased for the length-normalised :math:`\nabla E[R(y)/|y|]`
+    only without a baseline; a constant baseline b adds :math:`-b\,\nabla E[1/|y|]` (RLOO and the
+    group mean add the same with b = E[R]), which favours longer sequences when b > 0, so with a
+    baseline it is biased for both objectives.
+  * ``token-mean`` over one sequence is ``seq-mean-token-mean``; over B >= 2 sequences its
+    normaliser :math:`\sum_i |y_i|` is random and correlated with the sample, so it is biased
+    for both objectives at every finite B, with or without a baseline (towards
+    :math:`\nabla E[R]/E[|y|]` as B grows).
+
+  At a fixed length every mode is unbiased up to its constant.
+
   Rows with no valid token are excluded from the per-sequence means (as verl and tunix do; TRL
   and Trinity-RFT count them). An all-masked batch gives 0, never NaN. Masked entries of `values`
   may hold inf or NaN: they are selected away with `where`, not multiplied by 0.
