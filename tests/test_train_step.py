@@ -158,17 +158,89 @@ def test_minibatches_are_sequential_optimizer_steps(setup):
     np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
 
 
-def test_ppo_epochs_use_the_pre_update_anchor(setup):
-  """With 2 epochs the second pass sees ratios != 1 against the pre-update log-probs."""
+def _grpo_advantages(rewards):
+  """GRPO advantages in NumPy: (r - group mean) / (unbiased group std + 1e-6), 0 if flat."""
+  g = np.asarray(rewards, np.float64).reshape(-1, G)
+  centred = g - g.mean(1, keepdims=True)
+  std = np.sqrt((centred ** 2).sum(1, keepdims=True) / (G - 1))
+  return np.where(std > 0, centred / (std + 1e-6), 0.0).reshape(-1).astype(np.float32)
+
+
+def _ppo_reference(graphdef, params, batch, lr, steps, *, fixed_anchor):
+  """PPO-clip (eps 0.2) SGD steps written out in plain jnp, one per row set in `steps`.
+
+  The anchor is the log-probs of `params` (the policy before the first update) when
+  `fixed_anchor`, else the log-probs of the parameters the step starts from. Returns the final
+  parameters, each step's loss and each step's masked log-ratios to its anchor.
+  """
+  adv = jnp.asarray(_grpo_advantages(batch.rewards))
+  mask = jnp.asarray(batch.sample.completion_mask, jnp.float32)
+  pre_update_logp = _independent_logp(graphdef, params, batch)
+
+  def loss(p, rows, anchor):
+    lp = _independent_logp(graphdef, p, batch)[rows]
+    m = mask[rows]
+    ratio = jnp.exp((lp - anchor[rows]) * m)
+    a = adv[rows, None]
+    per_token = -jnp.minimum(ratio * a, jnp.clip(ratio, 0.8, 1.2) * a)
+    return jnp.sum(per_token * m) / jnp.sum(m)
+
+  losses, log_ratios = [], []
+  for rows in steps:
+    anchor = (pre_update_logp if fixed_anchor else
+              jax.lax.stop_gradient(_independent_logp(graphdef, params, batch)))
+    value, grads = jax.value_and_grad(loss)(params, rows, anchor)
+    d = (_independent_logp(graphdef, params, batch) - anchor)[rows]
+    log_ratios.append(np.asarray(d)[np.asarray(mask[rows]) > 0])
+    losses.append(float(value))
+    params = jax.tree.map(lambda x, g: x - lr * g, params, grads)
+  return params, losses, log_ratios
+
+
+@pytest.mark.parametrize('num_epochs,num_minibatches', [(2, 1), (2, 2)])
+def test_ppo_epochs_use_the_pre_update_anchor(setup, num_epochs, num_minibatches):
+  """Every optimizer step of one RL update clips against the log-probs of the parameters as
+  they were before the first step, not those of the parameters the step starts from.
+
+  The update is replayed independently twice (log-probs from the model's logits, the PPO
+  surrogate and SGD written out): once with the pre-update anchor, once re-anchored at every
+  step. The update's parameters, mean loss and ratio extremes equal the first replay and differ
+  from the second.
+  """
   graphdef, params, batch = setup
+  lr = 1.0
   cfg = ts.LossConfig(estimator='grpo', track_ref_kl=False)
-  tx = optax.sgd(1.0)
-  update = ts.make_rl_update(graphdef, tx, cfg, group_size=G, num_epochs=2, donate=False)
+  tx = optax.sgd(lr)
+  update = ts.make_rl_update(graphdef, tx, cfg, group_size=G, num_epochs=num_epochs,
+                             num_minibatches=num_minibatches, shuffle=False, donate=False)
   state = ts.TrainState(_copy(params), tx.init(params), jnp.zeros((), jnp.int32))
   new, m = update(state, None, batch, jax.random.key(0))
-  assert int(new.step) == 2
-  assert float(m['ratio/max']) > 1.0 + 1e-4 or float(m['ratio/min']) < 1.0 - 1e-4
-  assert np.isfinite(float(m['loss/total']))
+  assert int(new.step) == num_epochs * num_minibatches
+
+  # Unshuffled mini-batches: consecutive runs of whole groups, the same order every epoch.
+  b = batch.sample.tokens.shape[0]
+  steps = np.split(np.arange(b), num_minibatches) * num_epochs
+  want, want_losses, want_d = _ppo_reference(graphdef, params, batch, lr, steps,
+                                             fixed_anchor=True)
+  alt, alt_losses, alt_d = _ppo_reference(graphdef, params, batch, lr, steps,
+                                          fixed_anchor=False)
+
+  # The first step starts at the anchor in both replays; after it the policy has moved, so
+  # the two anchors differ and so do the later steps.
+  np.testing.assert_allclose(want_losses[0], alt_losses[0], rtol=1e-6)
+  assert np.max(np.abs(np.concatenate(want_d[1:]))) > 1e-2
+  np.testing.assert_allclose(np.concatenate(alt_d), 0.0, atol=1e-6)
+
+  np.testing.assert_allclose(m['loss/policy'], np.mean(want_losses), rtol=1e-5, atol=1e-6)
+  assert abs(np.mean(want_losses) - np.mean(alt_losses)) > 1e-3
+  d = np.concatenate(want_d)
+  np.testing.assert_allclose(m['ratio/max'], np.exp(d.max()), rtol=1e-5)
+  np.testing.assert_allclose(m['ratio/min'], np.exp(d.min()), rtol=1e-5)
+  gap = max(float(np.max(np.abs(a - b)))
+            for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(alt)))
+  assert gap > 1e-3, gap
+  for got, expected in zip(jax.tree.leaves(new.params), jax.tree.leaves(want)):
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize('name', sorted(est_lib.ESTIMATORS))
