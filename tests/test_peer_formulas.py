@@ -22,6 +22,11 @@ verl is volcengine/verl at commit b178a3cd56f58b2d502255daba591e92833930a7 (2026
 README row "Dr. GRPO constant": rljax's ``Σ m·ℓ / (B · max_tokens)`` times B is verl's
 ``agg_loss`` (and ``normalizer=1`` gives it directly); through verl's actor the applied
 gradient is ``ppo_micro_batch_size_per_gpu`` times rljax's, not B times (tested below).
+
+Further down, with their own commits: GSPO as TRL's ``importance_sampling_level='sequence'``
+(per ``loss_type``) and verl's ``gspo``; rollout IS weights as verl's
+``compute_rollout_correction_weights`` and tunix's ``sampler_is='token'``; AsymRE as
+Trinity-RFT's ``asymre`` preset and its REC ``forward-kl`` regulariser.
 """
 
 import jax
@@ -252,3 +257,211 @@ def test_verl_actor_dynamic_batch_weights_rows_by_micro_batch_size():
     ratio_per_seed.append(verl / float(_rljax_value_and_grad(jnp.asarray(lp, jnp.float32), o, a,
                                                              m)[0]))
   assert abs(ratio_per_seed[0] / ratio_per_seed[1] - 1) > 1e-2, ratio_per_seed
+
+
+# --------------------------------------------------- GSPO: TRL and verl, transcribed in NumPy
+#
+# TRL is huggingface/trl at commit f2cd57710ae345ea6428ae95363267fcf38a3dc8 (2026-07-24),
+# ``trl/trainer/grpo_trainer.py``, ``GRPOTrainer._compute_loss`` with
+# ``importance_sampling_level='sequence'``: the log-weight is the masked mean of the token
+# log-ratios, shape (B, 1), differentiated through (no stop-gradient, no clamp); ``epsilon`` and
+# ``epsilon_high`` default to 0.2 (``grpo_config.py``); the loss types aggregate as below (one
+# process, one accumulation step: ``num_items_in_batch`` is the batch's token count).
+
+
+def trl_gspo_loss(log_prob, old_log_prob, advantages, mask, loss_type, epsilon=0.2,
+                  epsilon_high=0.2, max_completion_length=T):
+  """grpo_trainer.py, GRPOTrainer._compute_loss, importance_sampling_level='sequence'."""
+  log_ratio = np.asarray(log_prob, np.float64) - old_log_prob
+  log_importance_weights = (log_ratio * mask).sum(-1) / np.maximum(mask.sum(-1), 1.0)
+  coef_1 = np.exp(log_importance_weights)[:, None]
+  coef_2 = np.clip(coef_1, 1 - epsilon, 1 + epsilon_high)
+  adv = np.asarray(advantages, np.float64)[:, None]
+  per_token_loss = -np.minimum(coef_1 * adv, coef_2 * adv)
+  if loss_type == "grpo":
+    return ((per_token_loss * mask).sum(-1) / np.maximum(mask.sum(-1), 1.0)).mean()
+  if loss_type == "dapo":
+    return (per_token_loss * mask).sum() / max(mask.sum(), 1.0)
+  if loss_type == "dr_grpo":
+    return (per_token_loss * mask).sum() / (mask.shape[0] * max_completion_length)
+  raise ValueError(loss_type)
+
+
+def verl_gspo_loss(log_prob, old_log_prob, advantages, mask, detached_log_prob,
+                   clip_ratio_low=0.2, clip_ratio_high=0.2):
+  """verl/trainer/ppo/core_algos.py, compute_policy_loss_gspo (verl commit above).
+
+  `detached_log_prob` stands for every ``.detach()`` of the torch code: the sequence log-ratio
+  and ``log_prob.detach()`` are computed from it, so central differences in `log_prob` at
+  ``log_prob == detached_log_prob`` give the gradient autograd takes through verl's
+  stop-gradient construction.
+  """
+  log_prob = np.asarray(log_prob, np.float64)
+  seq_lengths = np.maximum(mask.sum(-1), 1)
+  negative_approx_kl_seq = ((detached_log_prob - old_log_prob) * mask).sum(-1) / seq_lengths
+  log_seq_importance_ratio = log_prob - detached_log_prob + negative_approx_kl_seq[:, None]
+  seq_importance_ratio = np.exp(np.minimum(log_seq_importance_ratio, 10.0))
+  adv = np.asarray(advantages, np.float64)[:, None] * mask    # verl's [B, T] advantages
+  pg_losses1 = -adv * seq_importance_ratio
+  pg_losses2 = -adv * np.clip(seq_importance_ratio, 1 - clip_ratio_low, 1 + clip_ratio_high)
+  pg_losses = np.maximum(pg_losses1, pg_losses2)
+  return verl_agg_loss(pg_losses, mask, "seq-mean-token-mean")   # forced by verl
+
+
+_gspo_value_and_grad = jax.jit(
+    jax.value_and_grad(lambda lp, old, adv, mask, **kw: rljax.ppo_clip_loss(
+        lp, old, adv, mask, level="sequence", epsilon_low=0.2, epsilon_high=0.2, **kw).loss),
+    static_argnames=("aggregation", "clamp", "max_tokens"))
+
+
+def _gspo_data():
+  logp, old, adv, mask = _data(3)
+  seq = ((logp - old) * mask).sum(-1) / np.maximum(mask.sum(-1), 1)
+  # Rows inside and outside the 0.2 window, with both signs of advantage.
+  assert np.any(np.abs(seq) < 0.2) and np.any(seq > 0.2) and np.any(seq < -0.2)
+  return logp, old, adv, mask
+
+
+@pytest.mark.parametrize("loss_type,kw", [
+    ("dapo", dict(aggregation="token-mean", clamp=None)),
+    ("grpo", dict(aggregation="seq-mean-token-mean", clamp=None)),
+    ("dr_grpo", dict(aggregation=SUM_NORM, clamp=None, max_tokens=T)),
+])
+def test_trl_sequence_level_equals_rljax_gspo_token_value_and_gradient(loss_type, kw):
+  """TRL's GSPO (gradient through the sequence mean) and rljax's stop-gradient GSPO-token have
+  the same value and gradient under each TRL aggregation, with sequence-constant advantages."""
+  logp, old, adv, mask = _gspo_data()
+  want = trl_gspo_loss(logp, old, adv, mask, loss_type)
+  want_grad = finite_difference_grad(lambda lp: trl_gspo_loss(lp, old, adv, mask, loss_type),
+                                     logp)
+  lp32 = jnp.asarray(logp, jnp.float32)
+  loss, grad = _gspo_value_and_grad(lp32, old, adv, mask, **kw)
+  scale = 1.0
+  if loss_type == "grpo":   # TRL counts the empty row in its mean over sequences
+    scale = (mask.sum(-1) > 0).sum() / B
+  np.testing.assert_allclose(float(loss) * scale, want, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(grad) * scale, want_grad, rtol=1e-4, atol=1e-6)
+  assert np.any(want_grad[mask > 0] == 0) and np.any(want_grad[mask > 0] != 0)
+  if loss_type == "grpo":   # normalizer=B counts every row, as TRL does
+    loss_b, _ = _gspo_value_and_grad(lp32, old, adv, mask, normalizer=float(B), **kw)
+    np.testing.assert_allclose(float(loss_b), want, rtol=1e-5)
+
+
+def test_trl_default_gspo_needs_token_mean_not_only_epsilons():
+  """TRL's default loss_type='dapo' is a token mean: ε = 0.2 alone (rljax's sequence-level
+  default aggregation, seq-mean-token-mean) gives a different loss on ragged rows."""
+  logp, old, adv, mask = _gspo_data()
+  loss, _ = _gspo_value_and_grad(jnp.asarray(logp, jnp.float32), old, adv, mask)
+  assert abs(float(loss) - trl_gspo_loss(logp, old, adv, mask, "dapo")) > 1e-2
+
+
+def test_verl_gspo_with_its_default_epsilons_value_and_gradient():
+  """verl's gspo with clip_ratio 0.2 (its default) is rljax level='sequence' with
+  epsilon_low=epsilon_high=0.2 and the sequence-level default aggregation."""
+  logp, old, adv, mask = _gspo_data()
+  want = verl_gspo_loss(logp, old, adv, mask, logp)
+  want_grad = finite_difference_grad(lambda lp: verl_gspo_loss(lp, old, adv, mask, logp), logp)
+  loss, grad = _gspo_value_and_grad(jnp.asarray(logp, jnp.float32), old, adv, mask)
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------ rollout IS weights: verl and tunix, in NumPy
+#
+# tunix is google/tunix at commit c7d8950f12a9c55a976bf2e1a0d8b447d71c20b3 (2026-08-21).
+
+
+def verl_rollout_is_weights(old_log_prob, rollout_log_prob, mask, rollout_is,
+                            rollout_is_threshold=2.0):
+  """verl/trainer/ppo/rollout_corr_helper.py, compute_rollout_correction_weights
+  (rollout_is_batch_normalize=False): SAFETY_BOUND 20 on the token log-ratio ('token') or on
+  the summed log-ratio ('sequence'), times the mask, truncated from above."""
+  log_ratio = np.asarray(old_log_prob, np.float64) - rollout_log_prob
+  if rollout_is == "token":
+    w = np.exp(np.clip(log_ratio, -20.0, 20.0))
+  else:
+    log_ratio_sum = (log_ratio * mask).sum(-1, keepdims=True)
+    w = np.broadcast_to(np.exp(np.clip(log_ratio_sum, -20.0, 20.0)), log_ratio.shape)
+  return np.minimum(w * mask, rollout_is_threshold)
+
+
+def tunix_sampler_is_weights(trainer_logps, rollout_logps, mask, threshold=2.0):
+  """tunix/rl/agentic/agentic_grpo_learner.py, _sampler_trainer_agreement with
+  sampler_is='token' (GRPOConfig.sampler_is_threshold = 2.0)."""
+  log_ratio = np.clip(np.asarray(trainer_logps, np.float64) - rollout_logps, -20.0, 20.0)
+  return np.minimum(np.exp(log_ratio), threshold) * mask
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_rollout_is_weights_equal_verl_and_tunix(level):
+  """README row 'rollout IS': cap=2.0 (truncate) is verl's rollout_is at both levels and
+  tunix's token sampler_is."""
+  rng = np.random.default_rng(5)
+  _, old, _, mask = _data(5)
+  mu = old + 0.6 * rng.normal(size=old.shape)
+  w, _ = rljax.truncated_is_weights(jnp.asarray(mu, jnp.float32), jnp.asarray(old, jnp.float32),
+                                    mask, level=level, cap=2.0)
+  want = verl_rollout_is_weights(old, mu, mask, level)
+  assert np.any((want > 0) & (want < 2.0)) and np.any(want == 2.0)
+  np.testing.assert_allclose(np.asarray(w), want, rtol=1e-5)
+  if level == "token":
+    np.testing.assert_allclose(np.asarray(w), tunix_sampler_is_weights(old, mu, mask), rtol=1e-5)
+
+
+# --------------------------------------------- AsymRE: Trinity-RFT, transcribed in NumPy
+#
+# Trinity-RFT files as read from modelscope/Trinity-RFT: ``trinity/algorithm/algorithm.py``
+# ``AsymREAlgorithm.default_config`` (policy_loss_fn 'opmd', advantage_fn 'asymre');
+# ``advantage_fn/asymre_advantage.py`` ``ASYMREGroupAdvantage`` (commit d4baca61,
+# baseline_shift -0.1, a group of one gets baseline 0); ``policy_loss_fn/opmd_policy_loss.py``
+# ``OPMDPolicyLossFn`` (commit 51d229f5, masked mean divided by 1 + tau, tau 1.0);
+# ``advantage_fn/rec_advantage.py`` ``RECGroupedAdvantage`` (commit d4baca61, std_normalize
+# False, drop None); agentscope-ai/Trinity-RFT ``policy_loss_fn/rec_policy_loss.py``
+# ``RECPolicyLossFn`` (commit 1d7fae4a, clip_mode 'none', weight 'none',
+# regularizer 'forward-kl'); ``trinity/algorithm/utils.py`` ``masked_mean`` (+1e-8).
+
+
+def _trinity_masked_mean(values, mask):
+  return (values * mask).sum() / (mask.sum() + 1e-8)
+
+
+def trinity_asymre_advantages(rewards, group_size, baseline_shift=-0.1):
+  out = []
+  for group in np.asarray(rewards, np.float64).reshape(-1, group_size):
+    baseline = 0.0 if group_size == 1 else group.mean() + baseline_shift
+    out.append(group - baseline)
+  return np.concatenate(out)
+
+
+def trinity_opmd_policy_loss(logprob, advantages, mask, tau=1.0):
+  pg_losses = -np.asarray(advantages, np.float64)[:, None] * mask * logprob
+  return _trinity_masked_mean(pg_losses, mask) / (1.0 + tau)
+
+
+def trinity_rec_forward_kl_loss(logprob, rewards, mask, group_size, regularizer_coef):
+  adv = np.concatenate([g - g.mean() for g in
+                        np.asarray(rewards, np.float64).reshape(-1, group_size)])
+  pg_losses = -adv[:, None] * mask * logprob
+  pg_losses = pg_losses - regularizer_coef * logprob
+  return _trinity_masked_mean(pg_losses, mask)
+
+
+@pytest.mark.parametrize("group_size", [2, 4])
+def test_trinity_asymre_preset_and_rec_forward_kl(group_size):
+  """asymre_loss(shift=0.1, token-mean) is twice Trinity's asymre preset (opmd loss over the
+  asymre advantage) and equals Trinity's REC 'forward-kl' regulariser with coefficient 0.1."""
+  logp, _, _, mask = _data(6)
+  rewards = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.5, 2.0])[:B]
+  lp = np.asarray(logp, np.float64)
+  f_preset = lambda x: trinity_opmd_policy_loss(
+      x, trinity_asymre_advantages(rewards, group_size), mask)
+  f_rec = lambda x: trinity_rec_forward_kl_loss(x, rewards, mask, group_size, 0.1)
+  loss, grad = jax.value_and_grad(lambda x: rljax.asymre_loss(
+      x, jnp.asarray(rewards, jnp.float32), mask, group_size, shift=0.1).loss)(
+          jnp.asarray(logp, jnp.float32))
+  np.testing.assert_allclose(0.5 * float(loss), f_preset(lp), rtol=1e-5)
+  np.testing.assert_allclose(0.5 * np.asarray(grad), finite_difference_grad(f_preset, lp),
+                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(float(loss), f_rec(lp), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(grad), finite_difference_grad(f_rec, lp), rtol=1e-4,
+                             atol=1e-6)

@@ -60,7 +60,8 @@ def cispo_loss(logp: jax.Array,
   * verl ``cispo``: both sides clipped with PPO's keys, default [0.8, 1.2]:
     ``epsilon_low=0.2, epsilon_high=0.2``.
   * Trinity-RFT ``cispo``: [0, 1.28], no clamp: ``epsilon_low=1.0, epsilon_high=0.28,
-    clamp=None``; its ``enable_mask_clip`` is ``mask_clipped=True`` (with the same ε).
+    clamp=None``; its ``enable_mask_clip`` is ``mask_clipped=True`` (with the same ε). Older
+    Trinity-RFT versions (e.g. commit a5313278) always apply that mask, with no switch.
 
   Args:
     logp: [B, T] log π_θ of the sampled tokens (carries the gradient).

@@ -62,7 +62,10 @@ def truncated_is_weights(behavior_logp: jax.Array,
   truncates token or sequence weights at 2.0 (``mode='truncate'``); TRL's default
   ``vllm_importance_sampling_mode='sequence_mask'`` with ``clip_max=3.0`` is
   ``level='sequence', mode='mask', cap=3.0``; tunix's ``sampler_is='token'`` is the token
-  default here. Log-ratios are clamped to ±`clamp` (verl's ``SAFETY_BOUND`` 20; TRL: ``None``).
+  default here. Token log-ratios, and at sequence level also their sum, are clamped to ±`clamp`
+  (verl's ``SAFETY_BOUND`` 20 bounds the token log-ratio at token level and only the sum at
+  sequence level, so the two differ only where a token's |log-ratio| exceeds 20; tunix bounds the
+  token log-ratio by 20; TRL clamps nothing: ``clamp=None``).
 
   Args:
     behavior_logp: [B, T] log μ of the sampled tokens (the sampler's log-probs).

@@ -83,8 +83,9 @@ def ppo_clip_loss(logp: jax.Array,
   0.2 and need them set by hand). Aggregation ``token-mean`` at token level (PPO's mean over
   timesteps, DAPO, verl and TRL defaults; the GRPO paper uses ``seq-mean-token-mean``) and
   ``seq-mean-token-mean`` at sequence level (GSPO). Log-ratios are clamped to ±`clamp` (±20 as
-  verl, tunix and Trinity-RFT) before ``exp``; beyond it the gradient is zero and the fraction is
-  reported.
+  verl's ``vanilla``, tunix's ``grpo_loss_fn`` and Trinity-RFT's ``ppo``; tunix's
+  ``ppo_policy_loss_fn`` does not clamp) before ``exp``; beyond it the gradient is zero and the
+  fraction is reported.
 
   How the peers differ, and the keyword that reproduces each:
 
@@ -97,7 +98,11 @@ def ppo_clip_loss(logp: jax.Array,
     also clamp the GSPO log-weight to at most 10 (we clamp every token log-ratio and their mean
     to ±`clamp`); Trinity-RFT does not clamp. TRL differentiates through the sequence mean instead
     of the stop-gradient construction; with advantages constant in a sequence the gradients are
-    identical for every aggregation mode.
+    identical for every aggregation mode. TRL's ``importance_sampling_level='sequence'`` is
+    ``level='sequence', clamp=None`` with its ``loss_type``'s aggregation: ``'dapo'`` (its
+    default) ``aggregation='token-mean'``; ``'grpo'`` ``seq-mean-token-mean`` with
+    ``normalizer=B`` (TRL counts empty rows); ``'dr_grpo'`` ``seq-mean-token-sum-norm`` with
+    ``max_tokens=max_completion_length``.
   * verl and tunix multiply the per-token loss by rollout IS weights before aggregation, as
     ``is_weights`` does.
 

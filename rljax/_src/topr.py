@@ -68,8 +68,12 @@ def topr_loss(logp: jax.Array,
   per-token ratios and token-mean aggregation with no clamp: ``level='token',
   aggregation='token-mean', clamp=None`` reproduces it (Trinity calls a token negative when
   :math:`A \le 0` rather than :math:`A < 0`; a zero-advantage token contributes nothing either way,
-  so the loss is identical). ``level='sequence'`` (length-normalised ratio, described in a later
-  verl doc) is a third variant, not the paper's. verl, TRL and tunix have no TOPR.
+  so the loss is identical). ``level='sequence'`` (the length-normalised ratio) is a third
+  variant, not the paper's; with advantages constant in a sequence it equals the ``topr`` loss
+  of a verl branch that is not on verl's main branch (verl-project/verl commit dbeb49b,
+  ``compute_policy_loss_topr``, which also caps the log-ratio at 10 and always aggregates with
+  ``seq-mean-token-mean``). verl's main branch, TRL
+  and tunix have no TOPR.
 
   The weight is data (stop-gradient), so clamping the log-ratio never changes the gradient
   direction; it only keeps ``exp`` finite.
