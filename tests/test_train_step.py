@@ -387,6 +387,15 @@ def test_advantage_modes_match_numpy():
                              want_group, atol=1e-6)
   np.testing.assert_allclose(est_lib.compute_advantages(jnp.asarray(r), 2, 'group-none'),
                              centred.reshape(-1), atol=1e-7)
+  # TRL's scale_rewards='batch': the group-centred reward over the (n-1) std of the raw rewards
+  # of the whole batch (group means included), plus 1e-6.
+  raw_std = np.sqrt(((r - r.mean()) ** 2).sum() / (r.size - 1))
+  want_raw = (centred / (raw_std + 1e-6)).reshape(-1)
+  got_raw = est_lib.compute_advantages(jnp.asarray(r), 2, 'group-batch-raw-std')
+  np.testing.assert_allclose(got_raw, want_raw, rtol=1e-6, atol=1e-7)
+  # The std of the centred rewards ('group-batch-std') is a different estimator on this batch.
+  centred_std = np.sqrt((centred ** 2).sum() / (r.size - 1))
+  assert abs(raw_std - centred_std) > 0.1
   loo = (g - (g.sum(1, keepdims=True) - g) / 1.0).reshape(-1)
   np.testing.assert_allclose(est_lib.compute_advantages(jnp.asarray(r), 2, 'rloo'), loo,
                              atol=1e-7)

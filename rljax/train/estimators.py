@@ -21,10 +21,11 @@ import jax.numpy as jnp
 
 import rljax
 
-ADVANTAGE_MODES = ('group', 'group-none', 'group-batch-std', 'rloo', 'global', 'raw',
-                   'signed', 'given')
+ADVANTAGE_MODES = ('group', 'group-none', 'group-batch-std', 'group-batch-raw-std', 'rloo',
+                   'global', 'raw', 'signed', 'given')
 # Advantage modes that subtract a baseline over the other completions of the prompt.
-GROUP_BASELINE_MODES = ('group', 'group-none', 'group-batch-std', 'rloo', 'global')
+GROUP_BASELINE_MODES = ('group', 'group-none', 'group-batch-std', 'group-batch-raw-std', 'rloo',
+                        'global')
 IS_CORRECTIONS = ('none', 'tis', 'mis')
 OLD_LOGP_SOURCES = ('trainer', 'sampler')
 
@@ -275,6 +276,9 @@ def compute_advantages(rewards: jax.Array, group_size: int, mode: str) -> jax.Ar
   * ``group``: (r - group mean) / (group std + 1e-6) (GRPO).
   * ``group-none``: r - group mean (Dr. GRPO).
   * ``group-batch-std``: group mean removed, batch std (REINFORCE++-baseline).
+  * ``group-batch-raw-std``: group mean removed, divided by the std of the raw rewards over the
+    batch + 1e-6 (TRL's ``scale_rewards='batch'``, which adds 1e-4; Trinity-RFT's batch level;
+    Lite PPO).
   * ``rloo``: leave-one-out mean baseline.
   * ``global``: the same as ``group-none`` for contiguous fixed groups (Reinforce-Ada's
     per-prompt mean over all samples of the prompt in the batch).
@@ -292,6 +296,8 @@ def compute_advantages(rewards: jax.Array, group_size: int, mode: str) -> jax.Ar
     return rljax.group_advantages(rewards, group_size, scale='none')
   if mode == 'group-batch-std':
     return rljax.group_advantages(rewards, group_size, scale='batch-std')
+  if mode == 'group-batch-raw-std':
+    return rljax.group_advantages(rewards, group_size, scale='batch-raw-std')
   if mode == 'rloo':
     return rljax.rloo_advantages(rewards, group_size)
   if mode == 'global':
