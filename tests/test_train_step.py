@@ -396,6 +396,8 @@ def test_advantage_modes_match_numpy():
   # The std of the centred rewards ('group-batch-std') is a different estimator on this batch.
   centred_std = np.sqrt((centred ** 2).sum() / (r.size - 1))
   assert abs(raw_std - centred_std) > 0.1
+  np.testing.assert_allclose(est_lib.compute_advantages(jnp.asarray(r), 2, 'group-batch-std'),
+                             (centred / (centred_std + 1e-6)).reshape(-1), rtol=1e-6, atol=1e-7)
   loo = (g - (g.sum(1, keepdims=True) - g) / 1.0).reshape(-1)
   np.testing.assert_allclose(est_lib.compute_advantages(jnp.asarray(r), 2, 'rloo'), loo,
                              atol=1e-7)
