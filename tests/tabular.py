@@ -123,6 +123,17 @@ def ragged_sequences(vocab: int, max_len: int) -> RaggedSequences:
   return RaggedSequences(tokens, mask, mask.sum(-1).astype(np.int32))
 
 
+def ragged_rewards(seqs: RaggedSequences, vocab: int) -> np.ndarray:
+  """A reward of content and length: 2 + (number of token 0) - |y| / 2, minus 1 if truncated.
+
+  Truncated means the sequence reached `max_len` without EOS (= `vocab`).
+  """
+  n = seqs.tokens.shape[0]
+  zeros = ((seqs.tokens == 0) * seqs.mask).sum(-1)
+  truncated = seqs.tokens[np.arange(n), seqs.lengths - 1] != vocab
+  return 2.0 + zeros - 0.5 * seqs.lengths - 1.0 * truncated
+
+
 def init_ragged_theta(seed: int, vocab: int, max_len: int, scale: float = 1.0) -> jax.Array:
   """Logit table float32[max_len, vocab + 1, vocab + 1] (NumPy's generator, a stable stream)."""
   rng = np.random.default_rng(seed)

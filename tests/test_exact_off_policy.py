@@ -50,13 +50,7 @@ THETA_MU = tabular.init_ragged_theta(130, V, T)
 EPS_LOW, EPS_HIGH, DUAL_CLIP, CAP = 0.2, 0.28, 2.0, 2.0
 
 
-def _rewards():
-  zeros = ((SEQS.tokens == 0) * SEQS.mask).sum(-1)
-  truncated = SEQS.tokens[np.arange(N), SEQS.lengths - 1] != V
-  return 2.0 + zeros - 0.5 * LENGTHS - 1.0 * truncated
-
-
-ADV = _rewards() - 1.2                        # both signs: 9 positive, 6 negative sequences
+ADV = tabular.ragged_rewards(SEQS, V) - 1.2                        # both signs: 9 positive, 6 negative sequences
 SIGNED = np.where(ADV > 0, 1.0, -1.0)         # TOPR's ±1 rewards, baseline 0
 
 # ----------------------------------------------------------------------- NumPy reference

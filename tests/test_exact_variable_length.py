@@ -48,14 +48,7 @@ THETA = tabular.init_ragged_theta(2, V, T)   # P(|y| = 1, 2, 3) = 0.31, 0.33, 0.
 BASELINE = 1.0                               # a constant baseline (E[R] is about 1.22)
 
 
-def _rewards():
-  """2 + (number of token 0) - |y| / 2, minus 1 if truncated at T without EOS."""
-  zeros = ((SEQS.tokens == 0) * SEQS.mask).sum(-1)
-  truncated = SEQS.tokens[np.arange(N), SEQS.lengths - 1] != V
-  return 2.0 + zeros - 0.5 * LENGTHS - 1.0 * truncated
-
-
-REWARDS = _rewards()
+REWARDS = tabular.ragged_rewards(SEQS, V)   # 2 + #zeros - |y|/2 - 1 if truncated
 
 # ----------------------------------------------------------------------- NumPy reference
 
