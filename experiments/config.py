@@ -66,9 +66,13 @@ class _ConfigBase:
                        'each optionally with a count ("1,2" splits --sft_num_demos evenly; '
                        '"2:2000,3:100" gives 2000 of level 2 and 100 of level 3); empty: all.')
   sft_num_demos: int = _f(20000, 'Distinct demonstrations in the warm-start set.', lo=1)
-  demo_error_rate: float = _f(0.0, 'Fraction of warm-start demonstrations whose answer is '
-                              'replaced by the answer of another problem (an imperfect teacher; '
-                              'chosen by the seed).', lo=0.0, hi=1.0)
+  demo_error_rate: float = _f(0.0, 'Fraction of warm-start demonstrations the teacher gets '
+                              'wrong, the kind of error set by --demo_error (chosen by the '
+                              'seed).', lo=0.0, hi=1.0)
+  demo_error: str = _f('random', 'Kind of teacher error: random (another problem\'s answer) or '
+                       'systematic (the task\'s rule-like mistake, e.g. arithmetic\'s dropped '
+                       'final carry; --demo_error_rate is then the fraction of the problems it '
+                       'applies to).', choices=('random', 'systematic'))
   rl_levels: str = _f('', 'Task levels of the RL prompt pool, as --sft_levels (empty: all).')
   rl_pool_size: int = _f(20000, 'Training prompts in the RL pool (the curriculum arms).', lo=1)
   rl_pool_disjoint: bool = _f(True, 'Keep the warm-start demonstrations\' prompts out of the RL '

@@ -65,16 +65,23 @@ def tokenizer_texts(task) -> list[str]:
   return tasks.tokenizer_corpus(task, 2000, split='train')
 
 
-def corrupt_demonstrations(examples: Sequence[Any], rate: float, seed: int) -> list[Any]:
-  """An imperfect teacher: a `rate` fraction of demonstrations get another problem's answer.
+def corrupt_demonstrations(examples: Sequence[Any], rate: float, seed: int, *,
+                           task: Any = None, kind: str = 'random') -> list[Any]:
+  """An imperfect teacher: a `rate` fraction of demonstrations are wrong.
 
-  Which examples are corrupted, and whose demonstration each one receives, is a function of
-  `seed`; a demonstration that happens to equal the original is kept (so slightly fewer than
-  `rate` are wrong).
+  ``kind='random'``: a wrong demonstration is another problem's answer; one that happens to equal
+  the original is kept (so slightly fewer than `rate` are wrong). ``kind='systematic'``: it is
+  `task.systematic_error(example)`, the task's rule-like mistake, and `rate` is the fraction of
+  the examples that mistake applies to (the others stay correct). Which examples are wrong, and
+  whose answer each one receives, is a function of `seed`.
   """
   rng = np.random.default_rng([seed, 0x5EED])
   n = len(examples)
   wrong = rng.random(n) < rate
+  if kind == 'systematic':
+    flawed = [task.systematic_error(e) for e in examples]
+    return [dataclasses.replace(e, demonstration=f) if w and f is not None else e
+            for e, w, f in zip(examples, wrong, flawed)]
   donors = (np.arange(n) + rng.integers(1, max(n, 2), size=n)) % n
   return [dataclasses.replace(e, demonstration=examples[int(d)].demonstration) if w else e
           for e, w, d in zip(examples, wrong, donors)]
@@ -120,7 +127,10 @@ def _phase_examples(config: Config, task) -> tuple[list[Any], list[Any], list[An
   sft = _examples(c, task, '--sft_num_demos', 'train', c.sft_num_demos, 'sft') \
       if c.sft_steps else []
   if c.demo_error_rate > 0 and sft:
-    sft = corrupt_demonstrations(sft, c.demo_error_rate, c.seed)
+    sft = corrupt_demonstrations(sft, c.demo_error_rate, c.seed, task=task, kind=c.demo_error)
+    if c.demo_error == 'systematic' and all(task.systematic_error(e) is None for e in sft):
+      raise FlagValueError(f'--demo_error=systematic: task {c.task!r} has no systematic error '
+                           'for any of the demonstrations (see its systematic_error)')
   pool = []
   if c.rl_steps and c.rl_pool_disjoint and sft:
     # Draw extra and drop the demonstrated prompts: RL sees problems the warm start did not.

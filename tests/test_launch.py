@@ -167,3 +167,21 @@ def test_corrupt_demonstrations_is_seeded_and_changes_only_answers():
   # Bernoulli(0.3) over 2000 examples: within 5 standard deviations (about 0.05).
   assert abs(sum(wrong) / len(wrong) - 0.3) < 0.05
   assert corrupt_demonstrations(examples, 0.0, seed=5) == list(examples)
+
+
+def test_systematic_teacher_drops_the_carry_on_a_fraction_of_the_problems_it_applies_to():
+  from experiments.train import corrupt_demonstrations
+  from rljax.data import tasks
+  task = tasks.get_task('arithmetic', levels=(3,), ops=('+',), seed=0)
+  examples = task.examples('train', 2000)
+  flawed = corrupt_demonstrations(examples, 0.6, seed=5, task=task, kind='systematic')
+  assert flawed == corrupt_demonstrations(examples, 0.6, seed=5, task=task, kind='systematic')
+  carry = [e.metadata['a'] + e.metadata['b'] >= 1000 for e in examples]
+  wrong = [not task.is_correct(e.prompt, e.demonstration) for e in flawed]
+  # Only problems with a carry out of the hundreds are wrong, and then as the last 3 digits.
+  assert not any(w and not c for w, c in zip(wrong, carry))
+  for e, w in zip(flawed, wrong):
+    if w:
+      assert e.demonstration == str(e.metadata['a'] + e.metadata['b'])[1:]
+  # Bernoulli(0.6) over the ~1200 carry problems: within 5 standard deviations (about 0.07).
+  assert abs(sum(wrong) / sum(carry) - 0.6) < 0.07

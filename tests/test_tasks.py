@@ -495,3 +495,23 @@ def test_small_test_fraction_still_fills_the_test_split():
   test = _make('sorting', test_fraction=0.01).examples('test', 20)
   assert len(test) == 20 and all(_hash_split('sorting', e.metadata['key'], 0.01) == 'test'
                                  for e in test)
+
+
+@pytest.mark.parametrize('prompt, want', [
+    ('999+999=', '998'), ('500+500=', '000'), ('123+877=', '000'), ('950+51=', '001'),
+    ('123+456=', None), ('499+500=', None), ('9+9=', '8'), ('3+4=', None)])
+def test_arithmetic_systematic_error_drops_the_final_carry(prompt, want):
+  a, b = (int(x) for x in prompt[:-1].split('+'))
+  ex = tasks.Example(prompt=prompt, answer=str(a + b), demonstration=str(a + b),
+                     metadata={'a': a, 'b': b, 'op': '+'})
+  task = tasks.get_task('arithmetic', levels=(1, 2, 3), ops=('+',))
+  assert task.systematic_error(ex) == want
+  if want is not None:
+    assert not task.is_correct(prompt, want)
+
+
+def test_systematic_error_is_none_where_it_does_not_apply():
+  task = tasks.get_task('arithmetic', levels=(3,), ops=('-', '*'))
+  assert all(task.systematic_error(e) is None for e in task.examples('train', 200))
+  task = tasks.get_task('countdown')
+  assert all(task.systematic_error(e) is None for e in task.examples('train', 20))

@@ -101,6 +101,20 @@ class Arithmetic(base.Task):
                       metadata={'a': a, 'b': b, 'op': op})
     return self.key(a, op, b), ex
 
+  def systematic_error(self, example: base.Example) -> str | None:
+    """The answer with the carry out of the top digit dropped: ``'999+999='`` -> ``'998'``.
+
+    Applies to ``+`` problems whose sum has more digits than the longer operand (the teacher
+    writes only as many digits as the operands have); None for the others.
+    """
+    meta = example.metadata
+    if meta.get('op') != '+':
+      return None
+    a, b = meta['a'], meta['b']
+    width = max(len(str(a)), len(str(b)))
+    total = str(a + b)
+    return total[-width:] if len(total) > width else None
+
   def _parse_prompt(self, prompt: str) -> int:
     m = _PROMPT_RE.fullmatch(prompt) if isinstance(prompt, str) else None
     if m is None:

@@ -146,6 +146,16 @@ class Task(abc.ABC):
     """Draws one instance of `level`: returns ``(key, example)`` (metadata filled by caller)."""
     raise NotImplementedError
 
+  def systematic_error(self, example: Example) -> str | None:
+    """The demonstration a teacher with this task's typical systematic mistake writes.
+
+    None where the mistake does not apply to `example` (and for a task that defines none, the
+    default). Harnesses use it to build an imperfect teacher whose errors follow a rule, which
+    supervised learning picks up and a verifier's reward does not.
+    """
+    del example
+    return None
+
   def _rng(self, split: str, level: int | None) -> random.Random:
     """A generator seeded from ``(seed, split, level)``.
 
