@@ -219,6 +219,9 @@ class _ConfigBase:
       raise ValueError('--init_from_hf and --init_from_workdir are exclusive')
     if self.sft_steps == 0 and self.rl_steps == 0:
       raise ValueError('--sft_steps and --rl_steps are both 0: nothing to do')
+    if self.demo_error != 'random' and self.demo_error_rate == 0:
+      raise ValueError(f'--demo_error={self.demo_error} does nothing with --demo_error_rate=0; '
+                       'set the fraction of demonstrations the teacher gets wrong')
     return self
 
   def _check_text_fields(self) -> None:

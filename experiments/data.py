@@ -78,8 +78,13 @@ def corrupt_demonstrations(examples: Sequence[Any], rate: float, seed: int, *,
   rng = np.random.default_rng([seed, 0x5EED])
   n = len(examples)
   wrong = rng.random(n) < rate
+  if kind not in ('random', 'systematic'):
+    raise ValueError(f"kind must be 'random' or 'systematic', got {kind!r}")
   if kind == 'systematic':
     flawed = [task.systematic_error(e) for e in examples]
+    if all(f is None for f in flawed):
+      raise ValueError(f'task {task.name!r} has no systematic error for any of the examples '
+                       '(see its systematic_error)')
     return [dataclasses.replace(e, demonstration=f) if w and f is not None else e
             for e, w, f in zip(examples, wrong, flawed)]
   donors = (np.arange(n) + rng.integers(1, max(n, 2), size=n)) % n
@@ -118,7 +123,7 @@ def _examples(config: Config, task, flag: str, split: str, num: int, which: str)
     return out
   except ValueError as e:
     raise FlagValueError(f'{flag} (with --{which}_levels={getattr(config, which + "_levels")!r}) '
-                     f'asks for more examples than the task has: {e}') from None
+                         f'asks for more examples than the task has: {e}') from None
 
 
 def _phase_examples(config: Config, task) -> tuple[list[Any], list[Any], list[Any]]:
@@ -127,10 +132,10 @@ def _phase_examples(config: Config, task) -> tuple[list[Any], list[Any], list[An
   sft = _examples(c, task, '--sft_num_demos', 'train', c.sft_num_demos, 'sft') \
       if c.sft_steps else []
   if c.demo_error_rate > 0 and sft:
-    sft = corrupt_demonstrations(sft, c.demo_error_rate, c.seed, task=task, kind=c.demo_error)
-    if c.demo_error == 'systematic' and all(task.systematic_error(e) is None for e in sft):
-      raise FlagValueError(f'--demo_error=systematic: task {c.task!r} has no systematic error '
-                           'for any of the demonstrations (see its systematic_error)')
+    try:
+      sft = corrupt_demonstrations(sft, c.demo_error_rate, c.seed, task=task, kind=c.demo_error)
+    except ValueError as e:
+      raise FlagValueError(f'--demo_error={c.demo_error}: {e}') from None
   pool = []
   if c.rl_steps and c.rl_pool_disjoint and sft:
     # Draw extra and drop the demonstrated prompts: RL sees problems the warm start did not.
@@ -163,7 +168,7 @@ def build_data(config: Config, workdir: str) -> Data:
                                   add_bos=add_bos)
     except ValueError as e:
       raise FlagValueError(f'a demonstration with EOS is longer than --max_new_tokens='
-                       f'{completion_width}: {e}') from None
+                           f'{completion_width}: {e}') from None
     sft_arrays = (seqs.tokens, seqs.prompt_mask + seqs.completion_mask, seqs.completion_mask)
 
   def prompts(examples):

@@ -53,6 +53,7 @@ def test_a_flag_that_fails_when_the_data_is_built_prints_one_line(tmp_path):
     (['--mesh_data=3'], r'--mesh_data x --mesh_fsdp = 3'),
     (['--estimator=topr', '--is_correction=tis'], r'--is_correction=tis.*--estimator=topr'),
     (['--sft_levels=1:x'], r'--sft_levels'),
+    (['--demo_error=systematic'], r'--demo_error=systematic.*--demo_error_rate=0'),
 ])
 def test_invalid_flags_fail_when_parsed(args, pattern):
   """The same checks in-process: absl's own (enums, bounds) then `Config.validate`."""
@@ -185,3 +186,8 @@ def test_systematic_teacher_drops_the_carry_on_a_fraction_of_the_problems_it_app
       assert e.demonstration == str(e.metadata['a'] + e.metadata['b'])[1:]
   # Bernoulli(0.6) over the ~1200 carry problems: within 5 standard deviations (about 0.07).
   assert abs(sum(wrong) / sum(carry) - 0.6) < 0.07
+  # A task without a systematic error for these examples is an error, not a silent no-op.
+  other = tasks.get_task('arithmetic', levels=(3,), ops=('*',), seed=0)
+  with pytest.raises(ValueError, match='no systematic error'):
+    corrupt_demonstrations(other.examples('train', 50), 0.6, seed=5, task=other,
+                           kind='systematic')
