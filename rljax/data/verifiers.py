@@ -95,12 +95,6 @@ def reference_exact(answer: str) -> str:
 # ------------------------------------------------------------------ numeric
 
 
-def last_number(text: str) -> fractions.Fraction | None:
-  """The value of the last number in `text` (None if there is none)."""
-  matches = _NUMBER_RE.findall(text)
-  return to_number(matches[-1]) if matches else None
-
-
 def reference_number(answer: str) -> fractions.Fraction:
   value = to_number(answer)
   if value is None:
@@ -114,9 +108,12 @@ def numeric(completion: str, answer: str, *, rel_tol: float = 1e-6,
   want = reference_number(answer)
   if not completion.strip():
     return base.Grade(False, False, 'empty')
-  got = last_number(completion)
-  if got is None:
+  matches = _NUMBER_RE.findall(completion)
+  if not matches:
     return base.Grade(False, False, 'no_number')
+  got = to_number(matches[-1])
+  if got is None:
+    return base.Grade(False, False, 'number_too_long')
   return _grade_equal(math.isclose(float(got), float(want), rel_tol=rel_tol, abs_tol=abs_tol))
 
 

@@ -1,0 +1,203 @@
+"""The `prompt_file` task: JSONL, JSON, Parquet and saved Hugging Face datasets, its splits and
+its errors, and the launcher flags that build it.
+
+The two saved-datasets directories under tests/data were written by ``datasets`` 5.2.0
+(``Dataset.from_list(rows).save_to_disk(dir)`` and a ``DatasetDict`` of train/test) from the three
+rows of `MATH_ROWS`; the task reads them with pyarrow alone.
+"""
+
+import json
+import os
+
+import pytest
+
+from experiments import config as config_lib
+from experiments import data as data_lib
+from rljax.data import tasks
+
+DATA = os.path.join(os.path.dirname(__file__), 'data')
+MATH_ROWS = [
+    ('What is 1/2 + 1/4?', r'We get $\frac{3}{4}$, so the answer is $\boxed{\dfrac{3}{4}}$.'),
+    ('What is 2^3?', r'$2^3 = \boxed{8}$.'),
+    ('Solve x + 1 = 3.', r'So $x = \boxed{2}$.'),
+]
+QA = [{'q': f'What is {i} + {i}?', 'a': f'{i} + {i} = {2 * i}\n#### {2 * i}'} for i in range(40)]
+
+
+def _write_jsonl(path, records):
+  with open(path, 'w') as f:
+    for r in records:
+      f.write(json.dumps(r) + '\n')
+  return str(path)
+
+
+def _task(path, **kwargs):
+  return tasks.get_task('prompt_file', path=path, **kwargs)
+
+
+def test_jsonl_hash_split_is_disjoint_complete_and_fixed_per_prompt(tmp_path):
+  path = _write_jsonl(tmp_path / 'qa.jsonl', QA)
+  task = _task(path, prompt_field='q', answer_field='a', verifier='gsm8k', test_fraction=0.25,
+               template='Q: {prompt}\nA:')
+  train, test = task.examples('train'), task.examples('test')
+  assert len(train) + len(test) == 40 and 0 < len(test) < 20
+  assert not {e.prompt for e in train} & {e.prompt for e in test}
+  assert {e.prompt for e in train + test} == {f'Q: {r["q"]}\nA:' for r in QA}
+  # The split is a function of the prompt: another seed reorders, never moves a prompt.
+  other = _task(path, prompt_field='q', answer_field='a', verifier='gsm8k', test_fraction=0.25,
+                template='Q: {prompt}\nA:', seed=5)
+  assert {e.prompt for e in other.examples('test')} == {e.prompt for e in test}
+  assert [e.prompt for e in other.examples('train')] != [e.prompt for e in train]
+  ex = next(e for e in train if e.prompt == 'Q: What is 3 + 3?\nA:')
+  assert (ex.answer, ex.demonstration) == ('3 + 3 = 6\n#### 6', '3 + 3 = 6\n#### 6')
+  assert ex.metadata['record'] == {'q': 'What is 3 + 3?', 'a': '3 + 3 = 6\n#### 6'}
+  rewards, correct = task.grade_batch([ex.prompt] * 4, ['#### 6', 'so 6', '#### 7', ''])
+  assert rewards.tolist() == [1.0, 0.0, 0.0, 0.0]
+  assert correct.tolist() == [True, False, False, False]
+  assert task.failure_counts == {'no_answer_marker': 1, 'empty': 1}
+  with pytest.raises(ValueError, match='not a prompt'):
+    task.grade('Q: unseen\nA:', '#### 6')
+
+
+def test_a_json_list_and_parquet_with_other_field_names(tmp_path):
+  pq = pytest.importorskip('pyarrow.parquet')
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  rows = [{'text': 'capital of France?', 'label': 'Paris', 'n': 1},
+          {'text': 'capital of Italy?', 'label': 'Rome', 'n': 2}]
+  (tmp_path / 'rows.json').write_text(json.dumps(rows))
+  pq.write_table(pa.Table.from_pylist(rows), tmp_path / 'rows.parquet')
+  for name in ('rows.json', 'rows.parquet'):
+    task = _task(str(tmp_path / name), prompt_field='text', answer_field='label',
+                 verifier='exact', verifier_args={'case_sensitive': False},
+                 split_field=None, test_fraction=0.5)
+    every = task.examples('train') + task.examples('test')
+    assert sorted(e.prompt for e in every) == ['capital of France?', 'capital of Italy?']
+    assert task.is_correct('capital of Italy?', ' rome\n')
+    assert not task.is_correct('capital of Italy?', 'Paris')
+
+
+def test_saved_dataset_with_the_boxed_verifier():
+  task = _task(os.path.join(DATA, 'prompts_saved_dataset'), prompt_field='problem',
+               answer_field='solution', verifier='boxed', test_fraction=0.5)
+  every = task.examples('train') + task.examples('test')
+  assert sorted(e.prompt for e in every) == sorted(q for q, _ in MATH_ROWS)
+  assert task.is_correct('What is 1/2 + 1/4?', r'It is \boxed{0.75}.')
+  assert task.is_correct('What is 1/2 + 1/4?', r'\boxed{\frac{3}{4}}')
+  assert not task.is_correct('What is 1/2 + 1/4?', r'\boxed{\frac{3}{4}} no, \boxed{1}')
+  assert task.is_correct('What is 2^3?', r'\boxed{8}')
+
+
+def test_saved_dataset_dict_gives_the_splits():
+  task = _task(os.path.join(DATA, 'prompts_saved_dataset_dict'), prompt_field='problem',
+               answer_field='solution', verifier='boxed')
+  assert sorted(e.prompt for e in task.examples('train')) == sorted(q for q, _ in MATH_ROWS[:2])
+  assert [e.prompt for e in task.examples('test')] == [MATH_ROWS[2][0]]
+
+
+def test_split_files_and_test_path_keep_test_prompts_out_of_train(tmp_path):
+  train = _write_jsonl(tmp_path / 'train.jsonl', QA[:10])
+  _write_jsonl(tmp_path / 'test.jsonl', QA[8:12])   # QA[8], QA[9] in both files
+  for task in (_task(str(tmp_path), prompt_field='q', answer_field='a', verifier='gsm8k'),
+               _task(train, test_path=str(tmp_path / 'test.jsonl'), prompt_field='q',
+                     answer_field='a', verifier='gsm8k')):
+    assert sorted(e.prompt for e in task.examples('train')) == sorted(r['q'] for r in QA[:8])
+    assert sorted(e.prompt for e in task.examples('test')) == sorted(r['q'] for r in QA[8:12])
+    assert task.num_duplicates == 2
+
+
+def test_split_field_and_duplicate_prompts(tmp_path):
+  rows = [{'prompt': 'a', 'answer': '1', 'part': 'train'},
+          {'prompt': 'b', 'answer': '2', 'part': 'test'},
+          {'prompt': 'a', 'answer': '3', 'part': 'test'}]     # a duplicate prompt: dropped
+  task = _task(_write_jsonl(tmp_path / 'p.jsonl', rows), split_field='part', verifier='numeric')
+  assert [e.prompt for e in task.examples('train')] == ['a']
+  assert [e.prompt for e in task.examples('test')] == ['b']
+  assert task.num_duplicates == 1 and task.is_correct('a', 'one: 1')
+  rows[0]['part'] = 'validation'
+  with pytest.raises(ValueError, match=r"split_field='part': value 'validation'"):
+    _task(_write_jsonl(tmp_path / 'q.jsonl', rows), split_field='part')
+
+
+@pytest.mark.parametrize('records, kwargs, pattern', [
+    ([], {}, 'holds no records'),
+    ([{'question': 'q', 'answer': '1'}], {}, r"record 1 has no field 'prompt' \(prompt_field="
+     r"'prompt'; its fields: \['answer', 'question'\]\)"),
+    ([{'prompt': 'q', 'answer': '1'}, {'prompt': 'r'}], {},
+     r"record 2 has no field 'answer' \(answer_field="),
+    ([{'prompt': 'q', 'answer': 'blue'}], {'verifier': 'numeric'},
+     r"record 1: the reference answer 'blue' is not a number \(verifier='numeric'\)"),
+    ([{'prompt': ['q'], 'answer': '1'}], {}, r"field 'prompt' \(prompt_field\) must be a string"),
+    ([{'prompt': 'q', 'answer': '1'}], {'template': 'Q:'}, 'template must contain'),
+    ([{'prompt': 'q'}], {'answer_field': None}, "verifier='exact' needs answer_field"),
+])
+def test_bad_files_raise_one_message_naming_the_argument(tmp_path, records, kwargs, pattern):
+  path = _write_jsonl(tmp_path / 'bad.jsonl', records)
+  with pytest.raises(ValueError, match=pattern):
+    _task(path, **kwargs)
+
+
+def test_missing_paths_and_unknown_formats(tmp_path):
+  with pytest.raises(ValueError, match='nope.jsonl does not exist'):
+    _task(str(tmp_path / 'nope.jsonl'))
+  (tmp_path / 'rows.csv').write_text('prompt,answer\n')
+  with pytest.raises(ValueError, match='unknown format'):
+    _task(str(tmp_path / 'rows.csv'))
+  with pytest.raises(ValueError, match='no train'):
+    _task(str(tmp_path))
+  (tmp_path / 'x.jsonl').write_text('{"prompt": "a"\n')
+  with pytest.raises(ValueError, match='x.jsonl:1: not a JSON object'):
+    _task(str(tmp_path / 'x.jsonl'))
+
+
+def test_prompts_only_file_and_tokenizer_corpus(tmp_path):
+  path = _write_jsonl(tmp_path / 'p.jsonl', [{'prompt': f'p{i}'} for i in range(6)])
+  task = _task(path, answer_field=None, verifier=None, test_fraction=0.5)
+  assert task.grade_batch(['p0'], ['x'])[1].tolist() == [False]
+  # Capped at what the file holds (a generated task would draw 2000).
+  corpus = tasks.tokenizer_corpus(task, 2000)
+  assert sorted(corpus) == sorted(e.prompt for e in task.examples('train'))
+
+
+# ------------------------------------------------------------------ launcher flags
+
+
+def _config(**kw):
+  return config_lib.Config(**kw).validate()
+
+
+def test_flags_build_the_task(tmp_path):
+  path = _write_jsonl(tmp_path / 'qa.jsonl', QA)
+  config = _config(prompt_file=path, prompt_field='q', answer_field='a', verifier='gsm8k',
+                   task_args='{"test_fraction": 0.5, "template": "Q: {prompt}"}')
+  task = data_lib.build_task(config)
+  assert isinstance(task, tasks.PromptFile) and task.verifier == 'gsm8k'
+  assert task.is_correct('Q: What is 4 + 4?', '#### 8')
+
+
+@pytest.mark.parametrize('kw, pattern', [
+    (dict(prompt_file='/no/such.jsonl'), r'--prompt_file=/no/such.jsonl does not exist'),
+    (dict(verifier='gsm8k'), r'--verifier applies to --prompt_file'),
+    (dict(prompt_field='q'), r'--prompt_field applies to --prompt_file'),
+    (dict(prompt_file='FILE', task='countdown'), r'--prompt_file replaces --task'),
+    (dict(prompt_file='FILE', verifier='none'), r'--verifier=none needs --reward'),
+    (dict(prompt_file='FILE', answer_field=''), r'--answer_field is empty'),
+    (dict(prompt_file='FILE', task_args='{"verifier": "exact"}'), r"--task_args sets \['verifier"),
+    (dict(prompt_file='FILE', verifier='regex'), r"--verifier='regex' is invalid; valid values"),
+])
+def test_bad_flags_fail_at_validation(tmp_path, kw, pattern):
+  if kw.get('prompt_file') == 'FILE':
+    kw['prompt_file'] = _write_jsonl(tmp_path / 'qa.jsonl', QA)
+  with pytest.raises(ValueError, match=pattern):
+    _config(**kw)
+
+
+@pytest.mark.parametrize('records, flags, pattern', [
+    (QA, dict(prompt_field='question'), r"--prompt_file=.*qa.jsonl.*has no field 'question'"),
+    ([], {}, r'--prompt_file=.*holds no records'),
+    (QA, dict(prompt_field='q', answer_field='a', task_args='{"colour": 1}'),
+     r"--prompt_file=.*--task_args.*unexpected keyword argument 'colour'"),
+])
+def test_data_errors_are_flag_errors(tmp_path, records, flags, pattern):
+  config = _config(prompt_file=_write_jsonl(tmp_path / 'qa.jsonl', records), **flags)
+  with pytest.raises(config_lib.FlagValueError, match=pattern):
+    data_lib.build_task(config)
