@@ -227,3 +227,9 @@ def test_launch_with_a_bad_reward_fails_at_startup(tmp_path):
   assert len(fatal) == 1 and f'--reward={module}:rewrad' in fatal[0], result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+def test_docstring_examples():
+  import doctest  # pylint: disable=g-import-not-at-top
+  results = doctest.testmod(rewards)
+  assert results.attempted and not results.failed

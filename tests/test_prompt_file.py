@@ -201,3 +201,13 @@ def test_data_errors_are_flag_errors(tmp_path, records, flags, pattern):
   config = _config(prompt_file=_write_jsonl(tmp_path / 'qa.jsonl', records), **flags)
   with pytest.raises(config_lib.FlagValueError, match=pattern):
     data_lib.build_task(config)
+
+
+def test_the_tfds_builder_writes_a_prompt_file(tmp_path):
+  from rljax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+  kwargs = dict(path=os.path.join(DATA, 'prompts_saved_dataset_dict'), prompt_field='problem',
+                answer_field='solution', verifier='boxed')
+  sources = tfds_builders.data_sources('prompt_file', tmp_path, **kwargs)
+  task = tasks.get_task('prompt_file', **kwargs)
+  for split in ('train', 'test'):
+    assert tfds_builders.read_examples(sources[split]) == task.examples(split)

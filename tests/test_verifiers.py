@@ -123,3 +123,9 @@ def test_get_verifier_rejects_unknown_names_and_options():
 def test_verifiers_never_raise_on_a_completion(name, completion):
   grade = verifiers.get_verifier(name)(completion, '5')
   assert not grade.correct and grade.reason is not None
+
+
+def test_docstring_examples():
+  import doctest  # pylint: disable=g-import-not-at-top
+  results = doctest.testmod(verifiers)
+  assert results.attempted and not results.failed
