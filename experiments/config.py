@@ -284,6 +284,10 @@ class _ConfigBase:
       if not self.answer_field and self.verifier != 'none':
         raise ValueError('--answer_field is empty: a file without answers needs --verifier=none '
                          '(and --reward)')
+      if not self.answer_field and self.sft_steps and \
+          not self.task_kwargs.get('demonstration_field'):
+        raise ValueError(f'--sft_steps={self.sft_steps} needs demonstrations and --answer_field '
+                         'is empty: pass --sft_steps=0 or a demonstration_field in --task_args')
     else:
       for name in ('prompt_field', 'answer_field', 'verifier'):
         if getattr(self, name) != _ConfigBase.__dataclass_fields__[name].default:

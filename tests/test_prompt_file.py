@@ -153,6 +153,9 @@ def test_prompts_only_file_and_tokenizer_corpus(tmp_path):
   path = _write_jsonl(tmp_path / 'p.jsonl', [{'prompt': f'p{i}'} for i in range(6)])
   task = _task(path, answer_field=None, verifier=None, test_fraction=0.5)
   assert task.grade_batch(['p0'], ['x'])[1].tolist() == [False]
+  assert {e.demonstration for e in task.examples('train')} == {''}
+  with pytest.raises(ValueError, match='given without a verifier'):
+    _task(path, answer_field=None, verifier=None, verifier_args={'rel_tol': 0.1})
   # Capped at what the file holds (a generated task would draw 2000).
   corpus = tasks.tokenizer_corpus(task, 2000)
   assert sorted(corpus) == sorted(e.prompt for e in task.examples('train'))
@@ -163,6 +166,14 @@ def test_prompts_only_file_and_tokenizer_corpus(tmp_path):
 
 def _config(**kw):
   return config_lib.Config(**kw).validate()
+
+
+def test_a_demonstration_field_without_answers(tmp_path):
+  path = _write_jsonl(tmp_path / 'p.jsonl', [{'prompt': 'p', 'demo': 'd'}])
+  config = _config(prompt_file=path, answer_field='', verifier='none', reward='math:fsum',
+                   task_args='{"demonstration_field": "demo", "test_fraction": 0.5}')
+  task = data_lib.build_task(config)
+  assert [e.demonstration for s in ('train', 'test') for e in task.examples(s)] == ['d']
 
 
 def test_flags_build_the_task(tmp_path):
@@ -181,6 +192,8 @@ def test_flags_build_the_task(tmp_path):
     (dict(prompt_file='FILE', task='countdown'), r'--prompt_file replaces --task'),
     (dict(prompt_file='FILE', verifier='none'), r'--verifier=none needs --reward'),
     (dict(prompt_file='FILE', answer_field=''), r'--answer_field is empty'),
+    (dict(prompt_file='FILE', answer_field='', verifier='none', reward='math:fsum'),
+     r'--sft_steps=300 needs demonstrations and --answer_field is empty'),
     (dict(prompt_file='FILE', task_args='{"verifier": "exact"}'), r"--task_args sets \['verifier"),
     (dict(prompt_file='FILE', verifier='regex'), r"--verifier='regex' is invalid; valid values"),
 ])

@@ -153,7 +153,8 @@ class PromptFile(base.Task):
     prompt_field: the field holding the prompt text.
     answer_field: the field holding the reference answer (None: prompts only; then `verifier`
       must be None and the rewards come from elsewhere, e.g. a user reward function).
-    demonstration_field: the field holding the warm-start completion (None: `answer_field`).
+    demonstration_field: the field holding the warm-start completion (None: `answer_field`;
+      empty demonstrations when both are None).
     verifier: a name of `rljax.data.verifiers.VERIFIERS`, or None (nothing is correct).
     verifier_args: the verifier's options, e.g. ``{"rel_tol": 1e-3}`` for ``'numeric'``.
     split_field: the field whose value (``'train'`` or ``'test'``) gives the split.
@@ -245,12 +246,13 @@ class PromptFile(base.Task):
     answer, demonstration = '', ''
     if f['answer_field'] is not None:
       answer = _field(record, f['answer_field'], 'answer_field', where)
-      demonstration = _field(record, f['demonstration_field'], 'demonstration_field', where)
       if self._spec is not None:
         try:
           self._spec.reference(answer)
         except ValueError as e:
           raise ValueError(f'{where}: {e} (verifier={self.verifier!r})') from None
+    if f['demonstration_field'] is not None:
+      demonstration = _field(record, f['demonstration_field'], 'demonstration_field', where)
     return base.Example(prompt, answer, demonstration,
                         {'level': 1, 'key': ' '.join(text.split()), 'record': dict(record)})
 
