@@ -49,8 +49,6 @@ _GSM8K_RE = re.compile(r'####\s*\$?\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)')
 _FULL_NUMBER_RE = re.compile(r'[-+]?(?:' + _DECIMAL + r')')
 _FRAC_RE = re.compile(r'(-?)\\frac\{([^{}]+)\}\{([^{}]+)\}')
 _SLASH_RE = re.compile(r'(-?[0-9.]+)/([0-9.]+)')
-_BOX_COMMANDS = ('\\boxed', '\\fbox')
-_TEXT_COMMANDS = ('\\text', '\\textbf', '\\textrm', '\\mathrm', '\\mbox')
 
 
 def to_number(text: str) -> fractions.Fraction | None:

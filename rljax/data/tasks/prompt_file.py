@@ -18,8 +18,9 @@ the seed).
 
 Each record gives the prompt (`prompt_field`, put into `template`), the reference answer
 (`answer_field`) and the demonstration of the warm start (`demonstration_field`, by default the
-answer field: for GSM8K-format files the worked solution). Records with a prompt seen before
-are dropped and counted in `num_duplicates` (logged once).
+answer field: for GSM8K-format files the worked solution); a number in these fields is read as
+its text. Records with a prompt seen before are dropped and counted in `num_duplicates` (logged
+once).
 """
 
 from __future__ import annotations
