@@ -195,6 +195,8 @@ class TaskWithReward:
     self._info = {e.prompt: (e.answer, dict(e.metadata)) for e in examples}
 
   def __getattr__(self, name: str) -> Any:
+    if name == 'task':  # Not set yet (e.g. in copy.copy): no recursion.
+      raise AttributeError(name)
     return getattr(self.task, name)
 
   @property
