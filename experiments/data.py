@@ -152,8 +152,14 @@ def _phase_examples(config: Config, task) -> tuple[list[Any], list[Any], list[An
 def build_task(config: Config):
   """The task of `--task` and `--task_args`, or of `--prompt_file` and its flags."""
   from rljax.data import tasks  # pylint: disable=g-import-not-at-top
-  if not config.prompt_file:
+  if not config.prompt_file and config.task != 'prompt_file':
     return tasks.get_task(config.task, seed=config.seed, **config.task_kwargs)
+  if not config.prompt_file:
+    try:
+      return tasks.get_task('prompt_file', seed=config.seed, **config.task_kwargs)
+    except (ValueError, TypeError, ImportError) as e:
+      raise FlagValueError(f'--task=prompt_file --task_args={config.task_args}: {e} (or pass '
+                           '--prompt_file)') from None
   verifier = None if config.verifier == 'none' else config.verifier or 'exact'
   try:
     return tasks.get_task('prompt_file', seed=config.seed, path=config.prompt_file,

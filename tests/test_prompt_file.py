@@ -209,9 +209,12 @@ def test_bad_flags_fail_at_validation(tmp_path, kw, pattern):
     ([], {}, r'--prompt_file=.*holds no records'),
     (QA, dict(prompt_field='q', answer_field='a', task_args='{"colour": 1}'),
      r"--prompt_file=.*--task_args.*unexpected keyword argument 'colour'"),
+    (QA, dict(prompt_file='', task='prompt_file'),
+     r"--task=prompt_file --task_args={}: .*'path'.*or pass --prompt_file"),
 ])
 def test_data_errors_are_flag_errors(tmp_path, records, flags, pattern):
-  config = _config(prompt_file=_write_jsonl(tmp_path / 'qa.jsonl', records), **flags)
+  flags.setdefault('prompt_file', _write_jsonl(tmp_path / 'qa.jsonl', records))
+  config = _config(**flags)
   with pytest.raises(config_lib.FlagValueError, match=pattern):
     data_lib.build_task(config)
 
