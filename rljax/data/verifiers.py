@@ -6,7 +6,8 @@ name              correct when
 ``exact``         the stripped completion equals the stripped answer (``case_sensitive=False``
                   compares them case-folded)
 ``numeric``       the last number of the completion equals the answer's number within
-                  ``rel_tol`` / ``abs_tol`` (``math.isclose``)
+                  ``rel_tol`` / ``abs_tol`` (``math.isclose``); a number is decimal, with an
+                  optional sign and thousands commas, no exponent
 ``gsm8k``         the number after the completion's last ``####`` equals the answer's (the
                   number after its last ``####``, or the answer itself), exactly, after
                   removing thousands commas, a ``$`` and a trailing ``.``
