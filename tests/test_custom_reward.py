@@ -1,13 +1,10 @@
 """User reward functions (`--reward=module:function`): loading, calling, failures; and the
-launcher end to end on a GSM8K-format prompt file, with the gsm8k verifier and with a reward
-module written by the test."""
+launcher end to end with a reward module written by the test (on the GSM8K-format prompt files
+of tests/test_prompt_file.py, whose FAIL prompt makes the function raise)."""
 
-import json
 import logging
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,8 +12,10 @@ import pytest
 from experiments import config as config_lib
 from rljax.data import rewards
 from rljax.data import tasks
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.test_prompt_file import launch
+from tests.test_prompt_file import prompt_files
+from tests.test_prompt_file import rl_records
+from tests.test_prompt_file import TINY
 
 
 def _module(tmp_path, name, body):
@@ -144,17 +143,6 @@ def test_task_with_reward_takes_rewards_from_the_function_and_correctness_from_t
 
 # ------------------------------------------------------------------ the launcher end to end
 
-QUESTIONS = {
-    'train': [('What is 1 + 1?', 2), ('FAIL: what is 2 + 2?', 4)],
-    'test': [('What is 3 + 1?', 4), ('What is 1 + 2?', 3)],
-}
-TINY = [
-    '--d_model=16', '--num_layers=1', '--num_heads=2', '--ffn_dim=32', '--sft_batch_size=2',
-    '--sft_num_demos=2', '--rl_steps=2', '--num_prompts=2', '--group_size=2', '--num_epochs=1',
-    '--num_minibatches=1', '--max_new_tokens=24', '--rl_pool_size=2', '--rl_pool_disjoint=false',
-    '--eval_num=2', '--eval_samples=2', '--console=false', '--tensorboard=false',
-    '--prompt_field=question',
-]
 REWARD_MODULE = '''
 import os
 
@@ -167,61 +155,26 @@ def reward(prompts, completions, answers):
 '''
 
 
-def _prompt_files(tmp_path):
-  paths = {}
-  for split, rows in QUESTIONS.items():
-    paths[split] = tmp_path / f'{split}.jsonl'
-    with open(paths[split], 'w') as f:
-      for q, a in rows:
-        f.write(json.dumps({'question': q, 'answer': f'so it is {a}\n#### {a}'}) + '\n')
-  return paths
-
-
-def _launch(workdir, *args, timeout=300):
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-  return subprocess.run([sys.executable, '-m', 'experiments.launch', f'--workdir={workdir}',
-                         *args], capture_output=True, text=True, cwd=ROOT, env=env,
-                        timeout=timeout)
-
-
-def _rl_records(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [r for r in map(json.loads, f) if 'reward_mean' in r]
-
-
-def test_launch_on_a_gsm8k_prompt_file(tmp_path):
-  paths = _prompt_files(tmp_path)
-  result = _launch(tmp_path / 'run', f'--prompt_file={paths["train"]}', '--verifier=gsm8k',
-                   f'--task_args={{"test_path": "{paths["test"]}"}}', '--sft_steps=2', *TINY)
-  assert result.returncode == 0, result.stderr[-3000:]
-  with open(tmp_path / 'run' / 'summary.json') as f:
-    summary = json.load(f)
-  assert 0.0 <= summary['after']['eval/greedy_accuracy'] <= 1.0
-  records = _rl_records(tmp_path / 'run')
-  assert [r['step'] for r in records] == [3, 4]
-  assert 'reward/errors' not in records[0]   # only with --reward
-
-
 def test_launch_with_a_reward_module(tmp_path):
-  paths = _prompt_files(tmp_path)
+  paths = prompt_files(tmp_path)
   module = _module(tmp_path, 'my_reward', REWARD_MODULE)
-  result = _launch(tmp_path / 'run', f'--prompt_file={paths["train"]}', '--verifier=gsm8k',
-                   f'--task_args={{"test_path": "{paths["test"]}"}}', '--sft_steps=0',
-                   f'--reward={module}:reward', *TINY)
+  result = launch(tmp_path / 'run', f'--prompt_file={paths["train"]}', '--verifier=gsm8k',
+                  f'--task_args={{"test_path": "{paths["test"]}"}}', '--sft_steps=0',
+                  f'--reward={module}:reward', *TINY)
   assert result.returncode == 0, result.stderr[-3000:]
   # Each RL batch (2 prompts x 2 completions, one prompt FAILs) is called once, raises, and is
   # scored item by item: 2 errors a step. An evaluation (2 test prompts: greedy, then 2 samples
   # each) succeeds in one call per grading.
   calls = [int(n) for n in (tmp_path / 'calls.txt').read_text().split()]
   assert calls == [2, 4] + [4, 1, 1, 1, 1] * 2 + [2, 4], calls
-  assert [r['reward/errors'] for r in _rl_records(tmp_path / 'run')] == [2.0, 2.0]
+  assert [r['reward/errors'] for r in rl_records(tmp_path / 'run')] == [2.0, 2.0]
   warnings = [line for line in result.stderr.splitlines() if 'no reward for FAIL' in line]
   assert len(warnings) == 1 and f'--reward={module}:reward' in warnings[0], result.stderr[-2000:]
 
 
 def test_launch_with_a_bad_reward_fails_at_startup(tmp_path):
   module = _module(tmp_path, 'my_reward', REWARD_MODULE)
-  result = _launch(tmp_path / 'run', f'--reward={module}:rewrad', timeout=120)
+  result = launch(tmp_path / 'run', f'--reward={module}:rewrad', timeout=120)
   assert result.returncode == 2
   fatal = [line for line in result.stderr.splitlines() if line.startswith('FATAL')]
   assert len(fatal) == 1 and f'--reward={module}:rewrad' in fatal[0], result.stderr[-2000:]

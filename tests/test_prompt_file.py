@@ -8,6 +8,8 @@ rows of `MATH_ROWS`; the task reads them with pyarrow alone.
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -15,6 +17,7 @@ from experiments import config as config_lib
 from experiments import data as data_lib
 from rljax.data import tasks
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(os.path.dirname(__file__), 'data')
 MATH_ROWS = [
     ('What is 1/2 + 1/4?', r'We get $\frac{3}{4}$, so the answer is $\boxed{\dfrac{3}{4}}$.'),
@@ -227,3 +230,53 @@ def test_the_tfds_builder_writes_a_prompt_file(tmp_path):
   task = tasks.get_task('prompt_file', **kwargs)
   for split in ('train', 'test'):
     assert tfds_builders.read_examples(sources[split]) == task.examples(split)
+
+
+# ------------------------------------------------------------------ the launcher end to end
+
+QUESTIONS = {
+    'train': [('What is 1 + 1?', 2), ('FAIL: what is 2 + 2?', 4)],  # FAIL: see test_custom_reward
+    'test': [('What is 3 + 1?', 4), ('What is 1 + 2?', 3)],
+}
+TINY = [
+    '--d_model=16', '--num_layers=1', '--num_heads=2', '--ffn_dim=32', '--sft_batch_size=2',
+    '--sft_num_demos=2', '--rl_steps=2', '--num_prompts=2', '--group_size=2', '--num_epochs=1',
+    '--num_minibatches=1', '--max_new_tokens=24', '--rl_pool_size=2', '--rl_pool_disjoint=false',
+    '--eval_num=2', '--eval_samples=2', '--console=false', '--tensorboard=false',
+    '--prompt_field=question',
+]
+
+
+def prompt_files(tmp_path):
+  paths = {}
+  for split, rows in QUESTIONS.items():
+    paths[split] = tmp_path / f'{split}.jsonl'
+    with open(paths[split], 'w') as f:
+      for q, a in rows:
+        f.write(json.dumps({'question': q, 'answer': f'so it is {a}\n#### {a}'}) + '\n')
+  return paths
+
+
+def launch(workdir, *args, timeout=300):
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  return subprocess.run([sys.executable, '-m', 'experiments.launch', f'--workdir={workdir}',
+                         *args], capture_output=True, text=True, cwd=ROOT, env=env,
+                        timeout=timeout)
+
+
+def rl_records(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [r for r in map(json.loads, f) if 'reward_mean' in r]
+
+
+def test_launch_on_a_gsm8k_prompt_file(tmp_path):
+  paths = prompt_files(tmp_path)
+  result = launch(tmp_path / 'run', f'--prompt_file={paths["train"]}', '--verifier=gsm8k',
+                  f'--task_args={{"test_path": "{paths["test"]}"}}', '--sft_steps=2', *TINY)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / 'run' / 'summary.json') as f:
+    summary = json.load(f)
+  assert 0.0 <= summary['after']['eval/greedy_accuracy'] <= 1.0
+  records = rl_records(tmp_path / 'run')
+  assert [r['step'] for r in records] == [3, 4]
+  assert 'reward/errors' not in records[0]   # only with --reward
