@@ -86,6 +86,7 @@ def exact(completion: str, answer: str, *, case_sensitive: bool = True) -> base.
 
 
 def reference_exact(answer: str) -> str:
+  """The stripped answer; raises `ValueError` if it is empty."""
   if not answer.strip():
     raise ValueError('the reference answer is empty')
   return answer.strip()
@@ -95,6 +96,7 @@ def reference_exact(answer: str) -> str:
 
 
 def reference_number(answer: str) -> fractions.Fraction:
+  """The answer's exact value (see `to_number`); raises `ValueError` if it is not a number."""
   value = to_number(answer)
   if value is None:
     raise ValueError(f'the reference answer {answer[:80]!r} is not a number')
@@ -282,6 +284,7 @@ VERIFIERS: dict[str, Verifier] = {
 
 
 def verifier_names() -> tuple[str, ...]:
+  """The names `get_verifier` accepts."""
   return tuple(VERIFIERS)
 
 
