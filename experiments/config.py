@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from typing import Any, Optional
 
 from absl import flags
@@ -37,6 +38,11 @@ def _f(default, help_text, *, choices=None, lo=None, hi=None, lo_open=False):
 def _task_names():
   from rljax.data import tasks  # pylint: disable=g-import-not-at-top
   return tuple(tasks.task_names())
+
+
+def _verifier_choices():
+  from rljax.data import verifiers  # pylint: disable=g-import-not-at-top
+  return ('',) + verifiers.verifier_names() + ('none',)
 
 
 def _curricula():
@@ -62,6 +68,22 @@ class _ConfigBase:
   task: str = _f('arithmetic', 'Task name (rljax.data.tasks).', choices=_task_names)
   task_args: str = _f('{}', 'JSON dict of keyword arguments of the task constructor, '
                       'e.g. {"levels": [1, 2, 3], "ops": ["+"]}.')
+  prompt_file: str = _f('', 'A file of prompts as the task (replaces --task): .jsonl, .json, '
+                        '.parquet, a directory saved by Hugging Face datasets (save_to_disk), or '
+                        'a directory of train*/test* files. Further options of '
+                        'rljax.data.tasks.PromptFile (test_path, split_field, test_fraction, '
+                        'template, demonstration_field, verifier_args) go in --task_args.')
+  prompt_field: str = _f('prompt', 'With --prompt_file: the field holding the prompt.')
+  answer_field: str = _f('answer', 'With --prompt_file: the field holding the reference answer '
+                         '(also the warm-start demonstration unless --task_args sets '
+                         'demonstration_field); empty: none (needs --verifier=none).')
+  verifier: str = _f('', 'With --prompt_file: how completions are graded (empty: exact); exact, '
+                     'numeric, gsm8k, boxed (rljax.data.verifiers), or none (needs --reward; '
+                     '"correct" then means reward > 0).', choices=_verifier_choices)
+  reward: str = _f('', 'Your own reward, module:function or path/to/file.py:function, called '
+                   'as fn(prompts, completions, answers) -> one float per completion (see '
+                   'rljax.data.rewards); it replaces the task\'s reward, the task\'s verifier '
+                   'still decides pass rate and accuracy.')
   sft_levels: str = _f('', 'Task levels of the warm-start demonstrations, comma-separated, '
                        'each optionally with a count ("1,2" splits --sft_num_demos evenly; '
                        '"2:2000,3:100" gives 2000 of level 2 and 100 of level 3); empty: all.')
@@ -213,6 +235,7 @@ class _ConfigBase:
     for f in dataclasses.fields(self):
       _check_field(f, getattr(self, f.name))
     self._check_text_fields()
+    self._check_prompt_file()
     self._check_batch_layout()
     self._check_estimator()
     if self.init_from_hf and self.init_from_workdir:
@@ -246,6 +269,36 @@ class _ConfigBase:
     if self.tokenizer not in TOKENIZERS and not self.tokenizer.endswith('.model'):
       raise ValueError(f'--tokenizer={self.tokenizer!r} is invalid; valid values: '
                        f'{list(TOKENIZERS)} or a path to a sentencepiece .model file')
+
+  def _check_prompt_file(self) -> None:
+    """--prompt_file and its fields, --verifier, --reward (which is imported here, at start-up)."""
+    from rljax.data import rewards  # pylint: disable=g-import-not-at-top
+    if self.prompt_file:
+      if not os.path.exists(self.prompt_file):
+        raise ValueError(f'--prompt_file={self.prompt_file} does not exist')
+      if self.task not in ('arithmetic', 'prompt_file'):
+        raise ValueError(f'--prompt_file replaces --task; got --task={self.task}')
+      taken = sorted({'path', 'prompt_field', 'answer_field', 'verifier'} & set(self.task_kwargs))
+      if taken:
+        raise ValueError(f'--task_args sets {taken}, which --prompt_file and its flags set')
+      if not self.answer_field and self.verifier != 'none':
+        raise ValueError('--answer_field is empty: a file without answers needs --verifier=none '
+                         '(and --reward)')
+      if not self.answer_field and self.sft_steps and \
+          not self.task_kwargs.get('demonstration_field'):
+        raise ValueError(f'--sft_steps={self.sft_steps} needs demonstrations and --answer_field '
+                         'is empty: pass --sft_steps=0 or a demonstration_field in --task_args')
+    else:
+      for name in ('prompt_field', 'answer_field', 'verifier'):
+        if getattr(self, name) != _ConfigBase.__dataclass_fields__[name].default:
+          raise ValueError(f'--{name} applies to --prompt_file, which is not set')
+    if self.verifier == 'none' and not self.reward:
+      raise ValueError('--verifier=none needs --reward (something must give the rewards)')
+    if self.reward:
+      try:
+        rewards.load_reward(self.reward)
+      except rewards.RewardError as e:
+        raise ValueError(f'--reward={self.reward}: {e}') from None
 
   def _check_batch_layout(self) -> None:
     if self.num_prompts % self.num_minibatches:

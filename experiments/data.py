@@ -149,12 +149,39 @@ def _phase_examples(config: Config, task) -> tuple[list[Any], list[Any], list[An
   return sft, pool, evals
 
 
+def build_task(config: Config):
+  """The task of `--task` and `--task_args`, or of `--prompt_file` and its flags."""
+  from rljax.data import tasks  # pylint: disable=g-import-not-at-top
+  if not config.prompt_file and config.task != 'prompt_file':
+    return tasks.get_task(config.task, seed=config.seed, **config.task_kwargs)
+  if not config.prompt_file:
+    try:
+      return tasks.get_task('prompt_file', seed=config.seed, **config.task_kwargs)
+    except (ValueError, TypeError, ImportError) as e:
+      raise FlagValueError(f'--task=prompt_file --task_args={config.task_args}: {e} (or pass '
+                           '--prompt_file)') from None
+  verifier = None if config.verifier == 'none' else config.verifier or 'exact'
+  try:
+    return tasks.get_task('prompt_file', seed=config.seed, path=config.prompt_file,
+                          prompt_field=config.prompt_field,
+                          answer_field=config.answer_field or None, verifier=verifier,
+                          **config.task_kwargs)
+  except (ValueError, TypeError, ImportError) as e:
+    raise FlagValueError(f'--prompt_file={config.prompt_file} (with --prompt_field, '
+                         f'--answer_field, --verifier, --task_args): {e}') from None
+
+
 def build_data(config: Config, workdir: str) -> Data:
   """Draws and encodes the examples of every phase; trains or loads the tokenizer."""
-  from rljax.data import tasks  # pylint: disable=g-import-not-at-top
-  task = tasks.get_task(config.task, seed=config.seed, **config.task_kwargs)
+  from rljax.data import rewards  # pylint: disable=g-import-not-at-top
+  task = build_task(config)
   sft, pool, evals = _phase_examples(config, task)
   tok = build_tokenizer(config, tokenizer_texts(task), workdir)
+  if config.reward:
+    reward = rewards.RewardFunction(config.reward, label=f'--reward={config.reward}',
+                                    error_class=FlagValueError)
+    task = rewards.TaskWithReward(task, reward, sft + pool + evals,
+                                  correct_from_reward=config.verifier == 'none')
   add_bos = tok.bos_id is not None
   # One width for every phase: the longest prompt of any of them.
   prompt_width = tok.encode_batch([e.prompt for e in sft + pool + evals],

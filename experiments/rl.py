@@ -67,6 +67,7 @@ def rl_step(harness, state: dict, rl_step_index: int, rl_key) -> tuple[dict, dic
   # With --rollout_staleness=k the sampler is the policy of k RL steps ago (an asynchronous
   # trainer's data); the current policy joins the queue before the update donates its buffers.
   draw = make_draw(harness, stale[0] if stale else params, arms, times)
+  errors_before = getattr(harness.data.task, 'reward_errors', None)  # With --reward.
   collected = harness.curriculum.collect(k_sample, c.num_prompts, c.group_size, draw)
   if stale:
     stale = stale[1:] + [jax.tree.map(jnp.copy, params)]
@@ -84,6 +85,8 @@ def rl_step(harness, state: dict, rl_step_index: int, rl_key) -> tuple[dict, dic
   m = {k: float(v) for k, v in jax.device_get(m).items()}  # Also ends this step's work.
   t_end = time.perf_counter()
   m.update(collected.metrics)
+  if errors_before is not None:
+    m['reward/errors'] = float(harness.data.task.reward_errors - errors_before)
   m.update({
       'pass_rate': float(np.mean(collected.correct)),
       'sample_time': times['sample'], 'reward_time': times['reward'],

@@ -18,6 +18,7 @@ countdown     ``Make 16 with 3 5 2 7:``        ``(3+5)*2``
 sorting       ``sort 53 7 21:``                ``7 21 53``
 reversal      ``reverse abcd:``                ``dcba``
 gsm8k         ``Question: ...\\nAnswer:\\n``     ``... \\n#### 72``
+prompt_file   the file's prompt field          what its verifier reads
 ============  ===============================  ===============================
 """
 
@@ -36,6 +37,7 @@ from rljax.data.tasks.countdown import evaluate_expression
 from rljax.data.tasks.countdown import ExpressionError
 from rljax.data.tasks.countdown import parse_expression
 from rljax.data.tasks.gsm8k import GSM8K
+from rljax.data.tasks.prompt_file import PromptFile
 from rljax.data.tasks.sequence import Reversal
 from rljax.data.tasks.sequence import Sorting
 
@@ -45,6 +47,7 @@ _REGISTRY: dict[str, Callable[..., Task]] = {
     'sorting': Sorting,
     'reversal': Reversal,
     'gsm8k': GSM8K,
+    'prompt_file': PromptFile,
 }
 
 
@@ -65,7 +68,8 @@ def get_task(name: str, **kwargs) -> Task:
 
   Args:
     name: one of `task_names()`: ``'arithmetic'``, ``'countdown'``, ``'sorting'``,
-      ``'reversal'``, ``'gsm8k'`` (needs ``path=`` or ``train_path=``/``test_path=``).
+      ``'reversal'``, ``'gsm8k'`` (needs ``path=`` or ``train_path=``/``test_path=``),
+      ``'prompt_file'`` (needs ``path=``; see `PromptFile`).
     **kwargs: e.g. ``seed``, ``levels``, ``test_fraction``, ``format_reward``, ``num_train``,
       ``num_test`` and task-specific options (see each class).
 
@@ -124,7 +128,7 @@ def tokenizer_corpus(tasks: Iterable[TaskLike] | TaskLike, num_per_task: int = 2
   texts: list[str] = []
   for t in tasks:
     task = _as_task(t)
-    if isinstance(task, GSM8K):
+    if isinstance(task, (GSM8K, PromptFile)):
       num = min(num_per_task, len(task.examples(split)))
     else:
       num = num_per_task
@@ -133,7 +137,8 @@ def tokenizer_corpus(tasks: Iterable[TaskLike] | TaskLike, num_per_task: int = 2
 
 
 __all__ = [
-    'Arithmetic', 'Countdown', 'Example', 'ExpressionError', 'GSM8K', 'Grade', 'Reversal',
+    'Arithmetic', 'Countdown', 'Example', 'ExpressionError', 'GSM8K', 'Grade', 'PromptFile',
+    'Reversal',
     'SPLITS', 'Sorting', 'Task', 'evaluate_expression', 'get_task', 'load_split',
     'parse_expression', 'register_task', 'split_of_key', 'task_names', 'tokenizer_corpus',
 ]

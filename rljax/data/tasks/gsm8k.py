@@ -13,13 +13,14 @@ import os
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
+from rljax.data import verifiers
 from rljax.data.tasks import base
+from rljax.data.tasks import prompt_file
 
 _NUMBER = r'-?[0-9][0-9,]*(?:\.[0-9]+)?'
-_STRICT_RE = re.compile(r'####\s*\$?\s*(' + _NUMBER + ')')
 _FLEXIBLE_RE = re.compile(_NUMBER)
 _CALCULATOR_RE = re.compile(r'<<[^<>]*>>')
-MAX_NUMBER_CHARS = 64
+MAX_NUMBER_CHARS = verifiers.MAX_NUMBER_CHARS
 EXTRACTIONS = ('strict', 'flexible')
 
 PROMPT_TEMPLATE = 'Question: {question}\nAnswer:\n'
@@ -47,41 +48,29 @@ def clean_solution(answer: str) -> str:
   return f'{body}\n#### {final}' if body else f'#### {final}'
 
 
-def _to_number(text: str) -> fractions.Fraction | None:
-  text = text.replace(',', '')
-  if not text or len(text) > MAX_NUMBER_CHARS:
-    return None
-  try:
-    return fractions.Fraction(text)
-  except (ValueError, ZeroDivisionError):
-    return None
-
-
 def extract_completion_answer(completion: str, extraction: str = 'strict'
                               ) -> tuple[fractions.Fraction | None, str | None]:
   """Extracts the final number of a completion.
 
   ``'strict'``: the number after the last ``####`` (the GSM8K convention; an optional ``$`` is
-  allowed). ``'flexible'``: the last number anywhere in the completion.
+  allowed), as `rljax.data.verifiers.extract_gsm8k`. ``'flexible'``: the last run of digits and
+  commas anywhere in the completion (``'1,5'`` reads as 15).
 
   Returns:
     ``(value, None)`` or ``(None, reason)`` with reason ``'empty'``, ``'no_answer_marker'``
     (strict), ``'no_number'`` (flexible) or ``'number_too_long'``.
   """
+  if extraction == 'strict':
+    return verifiers.extract_gsm8k(completion)
   if not completion.strip():
     return None, 'empty'
-  if extraction == 'strict':
-    matches = list(_STRICT_RE.finditer(completion))
-    if not matches:
-      return None, 'no_answer_marker'
-  else:
-    matches = list(_FLEXIBLE_RE.finditer(completion))
-    if not matches:
-      return None, 'no_number'
-  value = _to_number(matches[-1].group(1) if extraction == 'strict' else matches[-1].group(0))
-  if value is None:
+  matches = list(_FLEXIBLE_RE.finditer(completion))
+  if not matches:
+    return None, 'no_number'
+  text = matches[-1].group(0).replace(',', '')
+  if len(text) > MAX_NUMBER_CHARS:
     return None, 'number_too_long'
-  return value, None
+  return fractions.Fraction(text), None
 
 
 def load_records(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -92,25 +81,9 @@ def load_records(path: str | os.PathLike) -> list[dict[str, Any]]:
       ``question``/``answer`` strings (the message names the file and line).
   """
   path = os.fspath(path)
-  if path.endswith('.parquet'):
-    try:
-      import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise ImportError('Reading GSM8K parquet files needs pyarrow (pip install pyarrow); '
-                        'JSON Lines files need nothing.') from e
-    records = pq.read_table(path, columns=['question', 'answer']).to_pylist()
-  elif path.endswith(('.jsonl', '.json')):
-    records = []
-    with open(path, encoding='utf-8') as f:
-      for lineno, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          raise ValueError(f'{path}:{lineno}: not a JSON object ({e}).') from e
-  else:
+  if not path.endswith(('.jsonl', '.json', '.parquet')):
     raise ValueError(f'GSM8K file must end in .jsonl or .parquet, got {path!r}.')
+  records = prompt_file.read_records(path)
   for i, rec in enumerate(records, 1):
     if not (isinstance(rec, Mapping) and isinstance(rec.get('question'), str)
             and isinstance(rec.get('answer'), str)):
