@@ -83,7 +83,13 @@ def test_every_field_is_a_flag_with_the_same_default():
   fv(['prog'])
   for f in dataclasses.fields(config_lib.Config):
     assert fv[f.name].value == f.default, f.name
-  assert config_lib.config_from_flags(fv) == config_lib.Config()
+  assert config_lib.config_from_flags(fv) == config_lib.Config().validate()
+  # The unset defaults are filled in from the other flags: a fresh model gets a warm start.
+  assert config_lib.Config().sft_steps is None and config_lib.Config().tokenizer == ''
+  resolved = config_lib.Config().validate()
+  assert resolved.sft_steps == config_lib.DEFAULT_SFT_STEPS == 300
+  assert resolved.tokenizer == 'char'
+  assert config_lib.Config(sft_steps=7).validate().sft_steps == 7
 
 
 def _flagfiles():
