@@ -211,13 +211,14 @@ class Harness:
     if n <= model_vocab:
       return
     c = self.config
-    source = (f'--tokenizer={c.tokenizer!r}' if c.tokenizer else "the checkpoint's tokenizer")
-    raise FlagValueError(
-        f'the tokenizer ({source}) has {n} ids but the model (--init_from_hf='
-        f'{c.init_from_hf!r}) only {model_vocab} embeddings; --tokenizer must be the '
-        "checkpoint's own (leave --tokenizer unset, or pass its tokenizer.json)"
-        if c.init_from_hf else
-        f'the tokenizer ({source}) has {n} ids but the model only {model_vocab} embeddings')
+    source = (f'--tokenizer={c.tokenizer!r}' if c.tokenizer
+              else "--tokenizer (unset: the checkpoint's own)")
+    if not c.init_from_hf:
+      raise FlagValueError(f'{source}: the tokenizer has {n} ids but the model only '
+                           f'{model_vocab} embeddings')
+    raise FlagValueError(f'{source}: the tokenizer has {n} ids but the model of --init_from_hf='
+                         f'{c.init_from_hf!r} only {model_vocab} embeddings (ids past the table '
+                         'would index nothing); pass a --tokenizer made for that checkpoint')
 
   def _curriculum(self):
     """The prompt sampler over the RL pool (one arm per pool prompt)."""

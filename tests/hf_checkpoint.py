@@ -32,18 +32,16 @@ def build_tokenizer(extra_tokens: int = 0):
   return tok
 
 
-def write_checkpoint(directory, *, vocab_size: int = 32, eos: bool = True,
-                     template: bool = True, tokenizer: bool = True, extra_tokens: int = 0):
-  """Writes a checkpoint to `directory`; returns its path as a string.
+def write_checkpoint(directory, *, vocab_size: int = 32, tokenizer: bool = True, **kwargs):
+  """Writes a model (`write_model`) and its tokenizer (`write_tokenizer`, given `kwargs`)."""
+  write_model(directory, vocab_size=vocab_size)
+  if tokenizer:
+    write_tokenizer(directory, **kwargs)
+  return os.fspath(directory)
 
-  Args:
-    directory: where to write (created).
-    vocab_size: the model's embedding rows (>= the tokenizer's ids unless testing the error).
-    eos: give the tokenizer an end-of-sequence token (`</s>` in tokenizer_config.json).
-    template: write the chat template.
-    tokenizer: write the tokenizer files at all.
-    extra_tokens: ids beyond the task's characters (to exceed `vocab_size`).
-  """
+
+def write_model(directory, *, vocab_size: int = 32) -> str:
+  """Saves a 1-layer `LlamaForCausalLM` with `vocab_size` embedding rows to `directory`."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   directory = os.fspath(directory)
@@ -51,23 +49,35 @@ def write_checkpoint(directory, *, vocab_size: int = 32, eos: bool = True,
   config = transformers.LlamaConfig(
       vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2 if eos else None)
+      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
   transformers.LlamaForCausalLM(config).save_pretrained(directory)
+  # The tokenizer files alone decide the special tokens in these tests.
   if os.path.exists(os.path.join(directory, 'generation_config.json')):
     os.remove(os.path.join(directory, 'generation_config.json'))
-  if not tokenizer:
-    return directory
+  return directory
+
+
+def write_tokenizer(directory, *, eos: bool = True, template: bool = True,
+                    extra_tokens: int = 0) -> None:
+  """Saves the tokenizer as transformers' `save_pretrained` does.
+
+  Args:
+    directory: where to write.
+    eos: give the tokenizer an end-of-sequence token (`</s>`).
+    template: write the chat template.
+    extra_tokens: ids beyond the task's characters (to exceed a model's vocabulary).
+  """
+  import transformers  # pylint: disable=g-import-not-at-top
+  directory = os.fspath(directory)
   fast = transformers.PreTrainedTokenizerFast(
       tokenizer_object=build_tokenizer(extra_tokens), bos_token='<s>',
       eos_token='</s>' if eos else None, unk_token='<unk>')
   if template:
     fast.chat_template = TEMPLATE
   fast.save_pretrained(directory)
-  if not eos:  # save_pretrained may still record an eos token; the test wants none anywhere.
-    path = os.path.join(directory, 'tokenizer_config.json')
-    with open(path) as f:
-      cfg = json.load(f)
-    cfg.pop('eos_token', None)
+  path = os.path.join(directory, 'tokenizer_config.json')
+  with open(path) as f:
+    cfg = json.load(f)
+  if not eos and cfg.pop('eos_token', None) is not None:
     with open(path, 'w') as f:
       json.dump(cfg, f)
-  return directory
