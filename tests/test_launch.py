@@ -135,6 +135,10 @@ def test_init_from_hf_and_from_workdir_load_the_weights(tmp_path):
   model = Transformer(cfg, rngs=nnx.Rngs(7))
   hf_dir = tmp_path / 'hf'
   hf.to_hf(model, str(hf_dir))
+  # The checkpoint's tokenizer is the default: a character tokenizer of 19 ids (< 40).
+  from tests import hf_checkpoint  # pylint: disable=g-import-not-at-top
+  hf_checkpoint.build_tokenizer().save(str(hf_dir / 'tokenizer.json'))
+  (hf_dir / 'tokenizer_config.json').write_text('{"bos_token": "<s>", "eos_token": "</s>"}')
   base = dict(task_args='{"levels": [1], "ops": ["+"]}', sft_steps=0, rl_steps=1,
               rl_pool_size=8, eval_num=4, num_prompts=4, group_size=2, num_minibatches=1,
               console=False, tensorboard=False)
