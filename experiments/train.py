@@ -153,6 +153,9 @@ class Harness:
     # Checked before anything is built: a refused workdir or a mesh too large fails at once.
     self.config_changes = continuation.check_workdir(self.workdir, c)
     _check_devices(c)
+    if c.hf_tokenizer:
+      logger.warning('--hf_tokenizer is deprecated and has no effect: with --init_from_hf the '
+                     "checkpoint's tokenizer is the default")
     os.makedirs(self.workdir, exist_ok=True)
     self.mesh = mesh_lib.make_mesh(c.mesh_data, c.mesh_fsdp, c.mesh_tensor)
     self.data = build_data(c, self.workdir)

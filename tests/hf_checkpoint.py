@@ -10,9 +10,10 @@ import os
 
 CHARS = list('0123456789+-*=')
 SPECIALS = ['<unk>', '<s>', '</s>', '<|user|>', '<|assistant|>']
-# Uses what transformers' renderer offers: the bos_token variable, raise_exception, loop state.
+# Uses what transformers' renderer offers: the special-token variables (pad_token is unset in
+# these checkpoints, so it renders empty), raise_exception, loop state.
 TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}"
+    "{{ bos_token }}{{ pad_token }}{% for m in messages %}"
     "{% if m['role'] not in ['user', 'assistant'] %}"
     "{{ raise_exception('only user and assistant turns') }}{% endif %}"
     "<|{{ m['role'] }}|>{{ m['content'] }}{% if not loop.last %}{{ eos_token }}{% endif %}"

@@ -175,3 +175,28 @@ def test_bad_path_fails_when_the_flags_are_parsed(ckpts, tmp_path, name, args, p
   with pytest.raises(ValueError) as e:
     config_lib.config_from_flags(fv)
   assert '\n' not in str(e.value) and re.search(pattern, str(e.value)), str(e.value)
+
+
+def test_rl_from_a_checkpoint_with_its_tokenizer_and_template(ckpts, tmp_path):
+  """A run on the checkpoint: no warm start, prompts through the template, RL steps, a summary."""
+  import json
+  from experiments import train
+  config = config_lib.Config(
+      init_from_hf=ckpts['good'], task_args='{"levels": [1], "ops": ["+"]}', rl_steps=2,
+      rl_pool_size=8, eval_num=4, eval_samples=2, num_prompts=4, group_size=2,
+      num_minibatches=1, num_epochs=1, max_new_tokens=3, eval_every=0, console=False,
+      tensorboard=False)
+  harness = train.Harness(config, str(tmp_path))
+  # The prompt width is that of the rendered template: bos, <|user|>, 4 characters, <|assistant|>.
+  assert harness.data.prompt_width == 7 and harness.data.chat_template is not None
+  summary = harness.run()
+  with open(tmp_path / 'metrics.jsonl') as f:
+    records = [json.loads(line) for line in f]
+  assert not [r for r in records if 'sft/nll' in r]  # No warm start unless asked.
+  assert [r['step'] for r in records if 'reward_mean' in r] == [1, 2]
+  assert [r['step'] for r in records if 'eval/greedy_accuracy' in r] == [0, 2]
+  for key in ('eval/greedy_accuracy', 'eval/sampled_pass@1'):
+    assert 0.0 <= summary['before'][key] <= 1.0 and 0.0 <= summary['after'][key] <= 1.0
+  with open(tmp_path / 'config.json') as f:
+    saved = json.load(f)
+  assert saved['sft_steps'] == 0 and saved['tokenizer'] == ''

@@ -497,6 +497,9 @@ class HFTokenizer(BaseTokenizer):
   def __init__(self, tokenizer, *, bos_token: str | None = None, eos_token: str | None = None,
                pad_token: str | None = None, unk_token: str | None = None):
     self._tok = tokenizer
+    # The configured strings (no fallbacks), which a chat template sees as variables.
+    self.special_tokens = {'bos_token': bos_token, 'eos_token': eos_token,
+                           'pad_token': pad_token, 'unk_token': unk_token}
 
     def lookup(token, name):
       if token is None:
@@ -618,9 +621,11 @@ def load_chat_template(directory: str | os.PathLike, tok: BaseTokenizer):
       source = named.get('default')
   if not source:
     return None
-  return ct_lib.ChatTemplate(
-      source, bos_token=_piece(tok, tok.bos_id), eos_token=_piece(tok, tok.eos_id),
-      pad_token=_piece(tok, tok.pad_id), unk_token=_piece(tok, tok.unk_id))
+  # As transformers passes them: the configured tokens only (not the pad fallback to eos).
+  specials = getattr(tok, 'special_tokens', None) or dict(
+      bos_token=_piece(tok, tok.bos_id), eos_token=_piece(tok, tok.eos_id),
+      unk_token=_piece(tok, tok.unk_id))
+  return ct_lib.ChatTemplate(source, **specials)
 
 
 def load_checkpoint_tokenizer(directory: str | os.PathLike) -> BaseTokenizer:
