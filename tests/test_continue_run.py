@@ -28,6 +28,11 @@ def _records(workdir):
     return [json.loads(line) for line in f]
 
 
+def _untimed(records):
+  return [{k: v for k, v in r.items() if 'time' not in k and 'tokens_per_sec' not in k}
+          for r in records]
+
+
 @pytest.fixture(scope='module')
 def finished(tmp_path_factory):
   """A workdir whose run of 2 RL steps finished, then was given --rl_steps=3."""
@@ -36,6 +41,17 @@ def finished(tmp_path_factory):
   records = _records(workdir)
   second = train.train_and_evaluate(config_lib.Config(**dict(BASE, rl_steps=3)), workdir)
   return workdir, first, records, second
+
+
+def test_the_continued_run_equals_an_uninterrupted_one(finished, tmp_path):
+  workdir = finished[0]
+  reference = str(tmp_path / 'uninterrupted')
+  train.train_and_evaluate(config_lib.Config(**dict(BASE, rl_steps=3)), reference)
+  want = _untimed(_records(reference))
+  # The continued run has one more record: the first run's "after" evaluation at step 2.
+  got = [r for r in _untimed(_records(workdir))
+         if not (r['step'] == 2 and 'eval/greedy_accuracy' in r)]
+  assert got == want
 
 
 def test_more_rl_steps_continue_a_finished_run(finished):
