@@ -22,6 +22,7 @@ from typing import Any, Optional
 from absl import flags
 
 import rljax
+from experiments import paths
 from rljax.train import estimators as est_lib
 from rljax.train import train_step as ts_lib
 
@@ -235,7 +236,7 @@ class _ConfigBase:
     self._check_text_fields()
     self._check_batch_layout()
     self._check_estimator()
-    _check_paths(self)
+    paths.check_paths(self)
     if self.sft_steps == 0 and self.rl_steps == 0:
       raise ValueError('--sft_steps and --rl_steps are both 0: nothing to do')
     if self.demo_error != 'random' and self.demo_error_rate == 0:
@@ -370,12 +371,6 @@ class _ConfigBase:
         optimizer=self.optimizer, learning_rate=lr, schedule=schedule, warmup_steps=warmup,
         decay_steps=max(updates - warmup, 0), weight_decay=self.weight_decay, b1=self.adam_b1,
         b2=self.adam_b2, max_grad_norm=self.max_grad_norm or None)
-
-
-def _check_paths(c: Config) -> None:
-  """Every path flag names what it must (read before anything is built)."""
-  from experiments import paths  # pylint: disable=g-import-not-at-top
-  paths.check_paths(c)
 
 
 def _check_field(f: dataclasses.Field, value: Any) -> None:

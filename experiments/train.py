@@ -82,7 +82,7 @@ def model_config(config: Config, vocab_size: int, max_seq_len: int):
       kw[name] = getattr(config, name)
   if kw['d_model'] % kw['num_heads']:
     raise FlagValueError(f'--d_model={kw["d_model"]} must be a multiple of '
-                     f'--num_heads={kw["num_heads"]}')
+                         f'--num_heads={kw["num_heads"]}')
   return TransformerConfig.tiny(
       vocab_size=vocab_size, d_model=kw['d_model'], num_layers=kw['num_layers'],
       num_heads=kw['num_heads'], num_kv_heads=kw['num_heads'],
@@ -289,8 +289,8 @@ class Harness:
     def take(path, x):
       name = _strip_value(mesh_lib._path_str(path))  # pylint: disable=protected-access
       if name not in saved or saved[name].shape != x.shape:
-        raise FlagValueError(f'--init_from_workdir={workdir!r}: parameter {name} '
-                         f'{x.shape} is missing or has another shape there (same model flags?)')
+        raise FlagValueError(f'--init_from_workdir={workdir!r}: parameter {name} {x.shape} '
+                             'is missing or has another shape there (same model flags?)')
       return jnp.asarray(saved[name], x.dtype)
 
     params = jax.tree_util.tree_map_with_path(take, self.init_params)

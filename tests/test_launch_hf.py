@@ -200,3 +200,9 @@ def test_rl_from_a_checkpoint_with_its_tokenizer_and_template(ckpts, tmp_path):
   with open(tmp_path / 'config.json') as f:
     saved = json.load(f)
   assert saved['sft_steps'] == 0 and saved['tokenizer'] == ''
+
+
+def test_chat_template_docstring_example():
+  import doctest
+  from rljax.data import chat_template
+  assert doctest.testmod(chat_template, raise_on_error=True).attempted > 0

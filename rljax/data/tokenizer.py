@@ -486,8 +486,8 @@ class HFTokenizer(BaseTokenizer):
   ``tokenizer_config.json`` and then ``special_tokens_map.json`` next to the ``tokenizer.json``,
   and for the end-of-sequence token last the first ``eos_token_id`` of
   ``generation_config.json``. `load` also reads the directory's chat template
-  (`load_chat_template`) into `chat_template`. Without a pad token, `pad_id` falls back to `eos_id` (the Hugging Face convention), then
-  `unk_id`, then 0.
+  (`load_chat_template`) into `chat_template`. Without a pad token, `pad_id` falls back to
+  `eos_id` (the Hugging Face convention), then `unk_id`, then 0.
 
   Args:
     tokenizer: a ``tokenizers.Tokenizer``.
