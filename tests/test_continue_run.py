@@ -71,13 +71,14 @@ def test_more_rl_steps_continue_a_finished_run(finished):
     assert json.load(f)['after'] == second['after']
 
 
-def test_an_unchanged_finished_run_says_it_is_complete(finished, caplog):
+def test_an_unchanged_finished_run_says_it_is_complete(finished, caplog, capsys):
   workdir = finished[0]
   before = _records(workdir)
   with caplog.at_level(logging.WARNING, logger='experiments.train'):
     summary = train.train_and_evaluate(
         config_lib.Config(**dict(BASE, rl_steps=3, console=True)), workdir)
   assert 'already complete (step 3)' in caplog.text
+  assert summary['text'] in capsys.readouterr().out  # The console prints the summary.
   assert _records(workdir) == before  # Nothing trained, nothing written.
   assert summary['after'] == finished[3]['after']
 
