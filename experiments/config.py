@@ -23,10 +23,13 @@ from typing import Any, Optional
 from absl import flags
 
 import rljax
+from experiments import paths
 from rljax.train import estimators as est_lib
 from rljax.train import train_step as ts_lib
 
 TOKENIZERS = ('char', 'bpe', 'unigram')
+# Warm-start steps of a fresh model when --sft_steps is unset (a loaded checkpoint gets none).
+DEFAULT_SFT_STEPS = 300
 MODELS = ('tiny', 'small', 'micro')
 
 
@@ -63,6 +66,9 @@ class _ConfigBase:
 
   # --- run
   seed: int = _f(0, 'Seed of everything (model init, data order, sampling).', lo=0)
+  override: bool = _f(False, 'Continue a workdir whose config.json differs from this run in '
+                      'flags that change the run (without it such a workdir is refused, the '
+                      'message listing the differing flags).')
 
   # --- task and data
   task: str = _f('arithmetic', 'Task name (rljax.data.tasks).', choices=_task_names)
@@ -103,8 +109,9 @@ class _ConfigBase:
   eval_num: int = _f(256, 'Held-out prompts per evaluation.', lo=1)
 
   # --- tokenizer and model
-  tokenizer: str = _f('char', 'Tokenizer trained on the task text (char, bpe, unigram), or a '
-                      'path to a sentencepiece .model file.')
+  tokenizer: str = _f('', 'Tokenizer: one trained on the task text (char, bpe, unigram), or a '
+                      'path to a Hugging Face tokenizer.json or a sentencepiece .model file '
+                      '(unset: the checkpoint\'s tokenizer with --init_from_hf, else char).')
   vocab_size: int = _f(64, 'Vocabulary size of a trained bpe/unigram tokenizer.', lo=8)
   model: str = _f('micro', 'Model preset: micro (2 layers, d 128), small (4 layers, d 192), '
                   'tiny (TransformerConfig.tiny: 4 layers, d 256).', choices=MODELS)
@@ -114,13 +121,19 @@ class _ConfigBase:
   ffn_dim: int = _f(0, 'Override of the preset MLP width (0: preset).', lo=0)
   init_from_hf: str = _f('', 'Directory of a Hugging Face checkpoint (config.json + safetensors) '
                          'to start from instead of a fresh model.')
-  hf_tokenizer: bool = _f(False, 'With --init_from_hf: use the checkpoint\'s tokenizer.json.')
+  hf_tokenizer: bool = _f(False, 'Deprecated, no effect: with --init_from_hf the checkpoint\'s '
+                          'tokenizer is the default (accepted so that old flagfiles still run).')
+  chat_template: bool = _f(True, 'Render each prompt as a user turn through the chat template of '
+                           'a Hugging Face tokenizer (the checkpoint\'s with --init_from_hf) '
+                           'when it has one (false: feed the raw text).')
   init_from_workdir: str = _f('', 'Workdir of an earlier run (same task and model flags) whose '
                               'final parameters and tokenizer this run starts from; with '
                               '--sft_steps=0 this is RL from that run\'s warm start.')
 
   # --- supervised warm start
-  sft_steps: int = _f(300, 'Supervised warm-start steps (0: none).', lo=0)
+  sft_steps: Optional[int] = _f(None, 'Supervised warm-start steps (0: none; unset: '
+                                f'{DEFAULT_SFT_STEPS} for a fresh model, 0 with --init_from_hf).',
+                                lo=0)
   sft_batch_size: int = _f(64, 'Warm-start batch size (sequences).', lo=1)
   sft_learning_rate: float = _f(1e-3, 'Warm-start peak learning rate.', lo=0.0, lo_open=True)
   sft_warmup_steps: int = _f(20, 'Warm-start linear warmup steps.', lo=0)
@@ -231,15 +244,22 @@ class _ConfigBase:
   # ------------------------------------------------------------------ validation
 
   def validate(self) -> 'Config':
-    """Checks every field; raises ValueError naming the flag and the valid values."""
+    """Checks every field and path; returns the config with its unset defaults filled in.
+
+    Unset `--sft_steps` becomes 0 with `--init_from_hf`, else `DEFAULT_SFT_STEPS`; unset
+    `--tokenizer` becomes 'char' without `--init_from_hf` (with it, the checkpoint's tokenizer).
+    Raises ValueError naming the flag and the valid values.
+    """
     for f in dataclasses.fields(self):
       _check_field(f, getattr(self, f.name))
+    if self.init_from_hf and self.init_from_workdir:
+      raise ValueError('--init_from_hf and --init_from_workdir are exclusive')
+    self = self._resolved()  # pylint: disable=self-cls-assignment
     self._check_text_fields()
     self._check_prompt_file()
     self._check_batch_layout()
     self._check_estimator()
-    if self.init_from_hf and self.init_from_workdir:
-      raise ValueError('--init_from_hf and --init_from_workdir are exclusive')
+    paths.check_paths(self)
     if self.sft_steps == 0 and self.rl_steps == 0:
       raise ValueError('--sft_steps and --rl_steps are both 0: nothing to do')
     if self.demo_error != 'random' and self.demo_error_rate == 0:
@@ -266,9 +286,29 @@ class _ConfigBase:
         raise ValueError(f'--{which}_levels must be comma-separated levels, each optionally '
                          f'"level:count" with count >= 1, got '
                          f'{getattr(self, which + "_levels")!r}')
-    if self.tokenizer not in TOKENIZERS and not self.tokenizer.endswith('.model'):
+    if self.tokenizer and self.tokenizer not in TOKENIZERS and \
+        not self.tokenizer.endswith(('.model', '.json')):
       raise ValueError(f'--tokenizer={self.tokenizer!r} is invalid; valid values: '
-                       f'{list(TOKENIZERS)} or a path to a sentencepiece .model file')
+                       f'{list(TOKENIZERS)} (trained on the task text), a path to a Hugging '
+                       'Face tokenizer.json, a path to a sentencepiece .model file, or unset '
+                       '(with --init_from_hf: the checkpoint\'s tokenizer)')
+    if self.init_from_hf and self.tokenizer in TOKENIZERS:
+      raise ValueError(f'--tokenizer={self.tokenizer} trains a tokenizer on the task text, '
+                       f'whose ids mean nothing to the embeddings of --init_from_hf='
+                       f'{self.init_from_hf!r}; leave --tokenizer unset (the checkpoint\'s '
+                       'tokenizer) or pass the path of its tokenizer.json')
+    if self.hf_tokenizer and not self.init_from_hf:
+      raise ValueError('--hf_tokenizer (deprecated) needs --init_from_hf, whose tokenizer is now '
+                       'the default; drop --hf_tokenizer')
+
+  def _resolved(self) -> 'Config':
+    """The unset defaults that depend on other flags, filled in."""
+    changes = {}
+    if self.sft_steps is None:
+      changes['sft_steps'] = 0 if self.init_from_hf else DEFAULT_SFT_STEPS
+    if not self.tokenizer and not self.init_from_hf:
+      changes['tokenizer'] = 'char'
+    return self.replace(**changes) if changes else self
 
   def _check_prompt_file(self) -> None:
     """--prompt_file and its fields, --verifier, --reward (which is imported here, at start-up)."""
@@ -446,11 +486,13 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     elif isinstance(default, float) or (default is None and 'float' in str(f.type)):
       flags.DEFINE_float(lower_bound=None if md.get('lo_open') else md.get('lo'),
                          upper_bound=md.get('hi'), **kw)
+    elif default is None and 'int' in str(f.type):
+      flags.DEFINE_integer(lower_bound=md.get('lo'), upper_bound=md.get('hi'), **kw)
     else:
       flags.DEFINE_string(**kw)
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
-  """Builds and validates a `Config` from parsed flags."""
+  """Builds and validates a `Config` from parsed flags (unset defaults filled in)."""
   values = {f.name: flag_values[f.name].value for f in dataclasses.fields(Config)}
   return Config(**values).validate()

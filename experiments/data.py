@@ -2,7 +2,9 @@
 
 `build_data(config, workdir)` draws the warm-start demonstrations, the RL prompt pool and the
 held-out prompts, builds the tokenizer and encodes all three through the tokenizer's batch
-methods (`encode_batch`, `encode_sequences`) at one shared prompt width.
+methods (`encode_batch`, `encode_sequences`) at one shared prompt width. With a Hugging Face
+tokenizer that has a chat template (and `--chat_template`, the default), each prompt is encoded
+as the template renders it as one user turn followed by the generation prompt.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from experiments.config import FlagValueError
 
 @dataclasses.dataclass
 class Data:
-  """Encoded examples of every phase (prompts left padded to `prompt_width`)."""
+  """Encoded examples of every phase (prompts left padded to `prompt_width`).
+
+  `pool_prompts` and `eval_prompts` are the task's texts (what the verifier reads); the ids
+  encode them through `chat_template` when it is set.
+  """
 
   task: Any
   tok: Any
@@ -34,25 +40,46 @@ class Data:
   eval_prompts: list[str]
   eval_ids: np.ndarray
   eval_mask: np.ndarray
+  chat_template: Any = None
 
 
 def build_tokenizer(config: Config, texts: Sequence[str], workdir: str):
-  """Loads `--tokenizer` (a .model path) or trains one on the task's text into the workdir.
+  """The run's tokenizer, checked to have an end-of-sequence token.
 
-  Training is deterministic given the texts, so a resumed run rebuilds the same tokenizer.
+  `--tokenizer` unset with `--init_from_hf`: the checkpoint's (with its chat template); a path:
+  that tokenizer.json or .model; char/bpe/unigram: trained on the task's text into the workdir
+  (deterministic given the texts, so a resumed run rebuilds the same tokenizer).
   """
+  tok, flag = _load_tokenizer(config, texts, workdir)
+  if tok.eos_id is None:
+    raise FlagValueError(f'{flag}: the tokenizer has no end-of-sequence token, which ends '
+                         'completions (set eos_token in its tokenizer_config.json)')
+  return tok
+
+
+def _load_tokenizer(config: Config, texts: Sequence[str], workdir: str):
+  """`(tokenizer, the flag it comes from)`."""
   from rljax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
-  if config.init_from_hf and config.hf_tokenizer:
-    return tok_lib.HFTokenizer.load(os.path.join(config.init_from_hf, 'tokenizer.json'))
   if config.init_from_workdir:
-    return tok_lib.Tokenizer.load(os.path.join(config.init_from_workdir, 'tokenizer.model'))
-  if config.tokenizer.endswith('.model'):
-    return tok_lib.Tokenizer.load(config.tokenizer)
+    return (tok_lib.Tokenizer.load(os.path.join(config.init_from_workdir, 'tokenizer.model')),
+            f'--init_from_workdir={config.init_from_workdir!r}')
+  flag = f'--tokenizer={config.tokenizer!r}'
+  try:
+    if config.init_from_hf and not config.tokenizer:
+      flag = f'--init_from_hf={config.init_from_hf!r}'
+      return tok_lib.load_checkpoint_tokenizer(config.init_from_hf), flag
+    if config.tokenizer.endswith('.json'):
+      return tok_lib.HFTokenizer.load(config.tokenizer), flag
+    if config.tokenizer.endswith('.model'):
+      return tok_lib.Tokenizer.load(config.tokenizer), flag
+  except Exception as e:  # pylint: disable=broad-except
+    # The tokenizers library raises a plain Exception for a file it cannot parse.
+    raise FlagValueError(f'{flag}: cannot load the tokenizer: {e}') from None
   prefix = os.path.join(workdir, 'tokenizer')
   if os.path.exists(prefix + '.model'):
-    return tok_lib.Tokenizer.load(prefix + '.model')
+    return tok_lib.Tokenizer.load(prefix + '.model'), flag
   return tok_lib.Tokenizer.train(list(texts), vocab_size=config.vocab_size,
-                                 model_type=config.tokenizer, model_prefix=prefix)
+                                 model_type=config.tokenizer, model_prefix=prefix), flag
 
 
 def tokenizer_texts(task) -> list[str]:
@@ -182,15 +209,20 @@ def build_data(config: Config, workdir: str) -> Data:
                                     error_class=FlagValueError)
     task = rewards.TaskWithReward(task, reward, sft + pool + evals,
                                   correct_from_reward=config.verifier == 'none')
-  add_bos = tok.bos_id is not None
+  template = tok.chat_template if config.chat_template else None
+  # A chat template writes the bos token itself where the model expects one (transformers
+  # encodes the rendered text without adding special tokens).
+  add_bos = tok.bos_id is not None and template is None
+  render = template.render_prompt if template is not None else (lambda p: p)
   # One width for every phase: the longest prompt of any of them.
-  prompt_width = tok.encode_batch([e.prompt for e in sft + pool + evals],
+  prompt_width = tok.encode_batch([render(e.prompt) for e in sft + pool + evals],
                                   add_bos=add_bos)[0].shape[1]
   completion_width = config.max_new_tokens
   sft_arrays = (None, None, None)
   if sft:
     try:
-      seqs = tok.encode_sequences([e.prompt for e in sft], [e.demonstration for e in sft],
+      seqs = tok.encode_sequences([render(e.prompt) for e in sft],
+                                  [e.demonstration for e in sft],
                                   prompt_len=prompt_width, completion_len=completion_width,
                                   add_bos=add_bos)
     except ValueError as e:
@@ -200,7 +232,8 @@ def build_data(config: Config, workdir: str) -> Data:
 
   def prompts(examples):
     texts = [e.prompt for e in examples]
-    return (texts, *tok.encode_batch(texts, max_len=prompt_width, add_bos=add_bos))
+    return (texts, *tok.encode_batch([render(t) for t in texts], max_len=prompt_width,
+                                     add_bos=add_bos))
 
   return Data(task, tok, prompt_width, completion_width, *sft_arrays, *prompts(pool),
-              *prompts(evals))
+              *prompts(evals), chat_template=template)

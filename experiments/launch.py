@@ -2,7 +2,13 @@ r"""Launches one experiment: `python -m experiments.launch --flagfile=... --work
 
 Every field of `experiments.config.Config` is a flag (`--helpfull` lists them with their valid
 values). Flags are validated before anything is built: an invalid value exits at once with a
-message naming the flag and the valid values. The run resumes if `--workdir` holds a checkpoint.
+message naming the flag and the valid values, and so does a bad path, file or size found while
+the run is built (before anything compiles): every user mistake is one `FATAL` line.
+
+A `--workdir` that holds a run continues it: from its latest checkpoint, or, when it finished,
+with the extra steps of a larger `--rl_steps` (with the same flags it reprints its summary). A
+workdir whose run differs in a flag that changes the run is refused, the message listing the
+flags, unless `--override` (`experiments.continuation`).
 
 Example:
   python -m experiments.launch \

@@ -22,6 +22,11 @@ Phases (one step counter; steps 1..sft_steps are warm-start steps, the next rl_s
 4. Evaluation every `eval_every` RL steps and at the end ("after"); before/after printed and
    written to `<workdir>/summary.json`.
 
+A workdir that holds a run continues it: from its latest checkpoint, refused (one line listing
+the flags) when its `config.json` differs in a flag that changes the run, unless `--override`
+(`experiments.continuation`); a finished run given a larger `--rl_steps` trains the extra steps
+and redoes the "after" evaluation at the new end; one given the same flags reprints its summary.
+
 The data of every phase is built by `experiments.data`. Determinism: every random draw is keyed
 by `fold_in(key(seed), phase, step)` and every data position is a function of the step, so a run
 restarted from a checkpoint (params, optimizer state, step, RNG, curriculum state) continues
@@ -44,8 +49,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from experiments import continuation
 from experiments import evaluation
 from experiments.config import Config
+from experiments.config import FlagValueError
 from experiments.data import build_data
 from experiments.data import corrupt_demonstrations  # pylint: disable=unused-import
 from experiments.rl import run_rl
@@ -74,13 +81,25 @@ def model_config(config: Config, vocab_size: int, max_seq_len: int):
     if getattr(config, name):
       kw[name] = getattr(config, name)
   if kw['d_model'] % kw['num_heads']:
-    raise ValueError(f'--d_model={kw["d_model"]} must be a multiple of '
-                     f'--num_heads={kw["num_heads"]}')
+    raise FlagValueError(f'--d_model={kw["d_model"]} must be a multiple of '
+                         f'--num_heads={kw["num_heads"]}')
   return TransformerConfig.tiny(
       vocab_size=vocab_size, d_model=kw['d_model'], num_layers=kw['num_layers'],
       num_heads=kw['num_heads'], num_kv_heads=kw['num_heads'],
       head_dim=kw['d_model'] // kw['num_heads'], ffn_dim=kw['ffn_dim'],
       max_seq_len=max(max_seq_len, 16))
+
+
+def _check_devices(config: Config) -> None:
+  """The mesh fits the devices (one line naming the flags, before a mesh is built)."""
+  c = config
+  n, have = c.mesh_data * c.mesh_fsdp * c.mesh_tensor, jax.device_count()
+  if n > have:
+    hint = (f' (on CPU, XLA_FLAGS=--xla_force_host_platform_device_count={n} set before JAX '
+            'starts makes that many)' if jax.default_backend() == 'cpu' else '')
+    raise FlagValueError(f'--mesh_data={c.mesh_data} x --mesh_fsdp={c.mesh_fsdp} x '
+                         f'--mesh_tensor={c.mesh_tensor} = {n} devices, but there are only '
+                         f'{have} {jax.default_backend()} devices{hint}')
 
 
 def _strip_value(name: str) -> str:
@@ -129,10 +148,15 @@ class Harness:
   """Everything a run holds; `train_and_evaluate` drives it. Usable step by step in notebooks."""
 
   def __init__(self, config: Config, workdir: str):
-    self.config = config.validate()
+    c = self.config = config.validate()
     self.workdir = os.path.abspath(workdir)
+    # Checked before anything is built: a refused workdir or a mesh too large fails at once.
+    self.config_changes = continuation.check_workdir(self.workdir, c)
+    _check_devices(c)
+    if c.hf_tokenizer:
+      logger.warning('--hf_tokenizer is deprecated and has no effect: with --init_from_hf the '
+                     "checkpoint's tokenizer is the default")
     os.makedirs(self.workdir, exist_ok=True)
-    c = config
     self.mesh = mesh_lib.make_mesh(c.mesh_data, c.mesh_fsdp, c.mesh_tensor)
     self.data = build_data(c, self.workdir)
     self.tok = self.data.tok
@@ -160,8 +184,7 @@ class Harness:
     """The initial policy: a Hugging Face checkpoint, or a fresh model of the preset."""
     c = self.config
     if c.init_from_hf:
-      from rljax.models import hf  # pylint: disable=g-import-not-at-top
-      model = hf.from_hf(c.init_from_hf)
+      model = self._hf_policy()
     else:
       from rljax.models import Transformer  # pylint: disable=g-import-not-at-top
       mcfg = model_config(c, self.tok.vocab_size,
@@ -171,12 +194,34 @@ class Harness:
       graphdef = nnx.graphdef(model)
       state = jax.jit(lambda: nnx.state(Transformer(mcfg, rngs=nnx.Rngs(c.seed))))()
       model = nnx.merge(graphdef, state)
-    if self.tok.vocab_size > model.config.vocab_size:
-      raise ValueError(f'the tokenizer has {self.tok.vocab_size} ids but the policy only '
-                       f'{model.config.vocab_size} (with --init_from_hf, pass --hf_tokenizer)')
-    if self.tok.eos_id is None:
-      raise ValueError('the tokenizer has no end-of-sequence token, which ends completions')
+    self._check_vocab(model.config.vocab_size)
     return model
+
+  def _hf_policy(self):
+    """The `--init_from_hf` checkpoint, its vocabulary checked against the tokenizer first."""
+    from rljax.models import hf  # pylint: disable=g-import-not-at-top
+    path = self.config.init_from_hf
+    try:
+      self._check_vocab(hf.config_from_hf(path).vocab_size)
+      return hf.from_hf(path)
+    except (OSError, ValueError) as e:
+      if isinstance(e, FlagValueError):
+        raise
+      raise FlagValueError(f'--init_from_hf={path!r}: {e}') from None
+
+  def _check_vocab(self, model_vocab: int) -> None:
+    n = self.tok.vocab_size
+    if n <= model_vocab:
+      return
+    c = self.config
+    source = (f'--tokenizer={c.tokenizer!r}' if c.tokenizer
+              else "--tokenizer (unset: the checkpoint's own)")
+    if not c.init_from_hf:
+      raise FlagValueError(f'{source}: the tokenizer has {n} ids but the model only '
+                           f'{model_vocab} embeddings')
+    raise FlagValueError(f'{source}: the tokenizer has {n} ids but the model of --init_from_hf='
+                         f'{c.init_from_hf!r} only {model_vocab} embeddings (ids past the table '
+                         'would index nothing); pass a --tokenizer made for that checkpoint')
 
   def _curriculum(self):
     """The prompt sampler over the RL pool (one arm per pool prompt)."""
@@ -237,15 +282,15 @@ class Harness:
     restored = source.restore(None)
     source.close()
     if restored is None:
-      raise ValueError(f'--init_from_workdir={workdir!r} has no checkpoint')
+      raise FlagValueError(f'--init_from_workdir={workdir!r} has no checkpoint')
     saved = {_strip_value(mesh_lib._path_str(p)): x  # pylint: disable=protected-access
              for p, x in jax.tree_util.tree_leaves_with_path(restored[1]['train']['params'])}
 
     def take(path, x):
       name = _strip_value(mesh_lib._path_str(path))  # pylint: disable=protected-access
       if name not in saved or saved[name].shape != x.shape:
-        raise ValueError(f'--init_from_workdir={workdir!r}: parameter {name} '
-                         f'{x.shape} is missing or has another shape there (same model flags?)')
+        raise FlagValueError(f'--init_from_workdir={workdir!r}: parameter {name} {x.shape} '
+                             'is missing or has another shape there (same model flags?)')
       return jnp.asarray(saved[name], x.dtype)
 
     params = jax.tree_util.tree_map_with_path(take, self.init_params)
@@ -283,6 +328,10 @@ class Harness:
 
   def _restore(self) -> tuple[int, dict[str, Any], str, dict[str, Any], bool]:
     """`(step, state, phase, meta, resumed)` of the workdir's checkpoint, or of a fresh start."""
+    latest = self.checkpointer.latest_step()
+    if latest is not None and latest > self.total_steps:
+      raise FlagValueError(f'the workdir is at step {latest}, past --sft_steps + --rl_steps = '
+                           f'{self.total_steps}; --rl_steps can only grow')
     restored = self.checkpointer.restore(self._state_template)
     if restored is None:
       phase = 'sft' if self.config.sft_steps else 'rl'
@@ -303,11 +352,25 @@ class Harness:
     writer = metrics_lib.create_default_writer(
         self.workdir, total_steps=self.total_steps, console=c.console,
         tensorboard=c.tensorboard, resume_step=step if resumed else None)
+    # Rewritten on every start: a continuation may have grown --rl_steps, changed a flag of
+    # continuation.RUN_INVARIANT_FLAGS or (with --override) others, and the next one compares
+    # with this run.
+    with open(os.path.join(self.workdir, continuation.CONFIG_NAME), 'w') as f:
+      json.dump(dataclasses.asdict(c), f, indent=1)
     if not resumed:
-      with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
-        json.dump(dataclasses.asdict(c), f, indent=1)
       writer.write_text(0, f'policy: {self.model_config}')
+    elif self.config_changes:
+      writer.write_text(step, 'continued with --override: '
+                        + continuation.format_diffs(self.config_changes))
     return Run(self, writer, dict(meta.get('evals', {})), float(meta.get('wall_time', 0.0)))
+
+  def _continue_done(self, state: dict[str, Any], meta: dict[str, Any], step: int):
+    """A finished run given more --rl_steps: RL goes on from its final state."""
+    logger.warning('the run in %s finished at step %d; continuing to step %d (--rl_steps=%d)',
+                   self.workdir, step, self.total_steps, self.config.rl_steps)
+    if meta.get('layout', 'sft') == 'sft':  # It had no RL phase: RL starts from its warm start.
+      state = self._enter_rl(state['train'].params)
+    return state, 'rl'
 
   # -------------------------------------------------------------------- the run
 
@@ -315,6 +378,11 @@ class Harness:
     """Runs (or resumes) every phase, writes `summary.json` and returns the summary."""
     c = self.config
     step, state, phase, meta, resumed = self._restore()
+    if phase == 'done' and step < self.total_steps:
+      state, phase = self._continue_done(state, meta, step)
+    elif phase == 'done':
+      logger.warning('the run in %s is already complete (step %d); its summary follows',
+                     self.workdir, step)
     run = self._open_run(step, meta, resumed)
     with jax.set_mesh(self.mesh):
       if phase == 'sft':

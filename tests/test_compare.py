@@ -19,7 +19,7 @@ def test_moving_average_keeps_the_ends():
 
 
 def test_estimator_suffixes_set_the_correction_and_the_anchor():
-  base = config_lib.Config()
+  base = config_lib.Config().validate()  # As the script builds it (unset defaults filled in).
   cfg = compare.run_config(base, 'grpo+tis')
   assert (cfg.estimator, cfg.is_correction, cfg.old_logp) == ('grpo', 'tis', 'trainer')
   cfg = compare.run_config(base, 'cispo+behavior+mis')

@@ -83,7 +83,13 @@ def test_every_field_is_a_flag_with_the_same_default():
   fv(['prog'])
   for f in dataclasses.fields(config_lib.Config):
     assert fv[f.name].value == f.default, f.name
-  assert config_lib.config_from_flags(fv) == config_lib.Config()
+  assert config_lib.config_from_flags(fv) == config_lib.Config().validate()
+  # The unset defaults are filled in from the other flags: a fresh model gets a warm start.
+  assert config_lib.Config().sft_steps is None and config_lib.Config().tokenizer == ''
+  resolved = config_lib.Config().validate()
+  assert resolved.sft_steps == config_lib.DEFAULT_SFT_STEPS == 300
+  assert resolved.tokenizer == 'char'
+  assert config_lib.Config(sft_steps=7).validate().sft_steps == 7
 
 
 def _flagfiles():
@@ -129,6 +135,10 @@ def test_init_from_hf_and_from_workdir_load_the_weights(tmp_path):
   model = Transformer(cfg, rngs=nnx.Rngs(7))
   hf_dir = tmp_path / 'hf'
   hf.to_hf(model, str(hf_dir))
+  # The checkpoint's tokenizer is the default: a character tokenizer of 19 ids (< 40).
+  from tests import hf_checkpoint  # pylint: disable=g-import-not-at-top
+  hf_checkpoint.build_tokenizer().save(str(hf_dir / 'tokenizer.json'))
+  (hf_dir / 'tokenizer_config.json').write_text('{"bos_token": "<s>", "eos_token": "</s>"}')
   base = dict(task_args='{"levels": [1], "ops": ["+"]}', sft_steps=0, rl_steps=1,
               rl_pool_size=8, eval_num=4, num_prompts=4, group_size=2, num_minibatches=1,
               console=False, tensorboard=False)

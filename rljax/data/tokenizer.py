@@ -86,7 +86,14 @@ def _check_texts(texts: Any, name: str) -> list[str]:
 
 
 class BaseTokenizer(abc.ABC):
-  """The interface shared by `Tokenizer` (sentencepiece) and `HFTokenizer`."""
+  """The interface shared by `Tokenizer` (sentencepiece) and `HFTokenizer`.
+
+  Attributes:
+    chat_template: the checkpoint's `rljax.data.chat_template.ChatTemplate` when the tokenizer
+      was loaded from a Hugging Face directory that has one, else None.
+  """
+
+  chat_template = None
 
   @property
   @abc.abstractmethod
@@ -448,6 +455,22 @@ class Tokenizer(BaseTokenizer):
     return self._sp.decode(ids)
 
 
+def _read_json_if_exists(path: str) -> dict[str, Any]:
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def _generation_eos_id(directory: str) -> int | None:
+  """The first ``eos_token_id`` of ``generation_config.json`` (an int or a list), or None."""
+  eos = _read_json_if_exists(os.path.join(directory, 'generation_config.json')).get(
+      'eos_token_id')
+  if isinstance(eos, list):
+    eos = eos[0] if eos else None
+  return eos if isinstance(eos, int) else None
+
+
 def _special_from_config(config: dict[str, Any], key: str) -> str | None:
   value = config.get(key)
   if isinstance(value, dict):
@@ -460,9 +483,11 @@ class HFTokenizer(BaseTokenizer):
 
   Use it with checkpoints imported from Hugging Face (Qwen, Llama) so that ids match their
   embeddings. Special tokens are taken from, in order: the arguments of `load`, the
-  ``tokenizer_config.json`` and then ``special_tokens_map.json`` next to the ``tokenizer.json``.
-  Without a pad token, `pad_id` falls back to `eos_id` (the Hugging Face convention), then
-  `unk_id`, then 0.
+  ``tokenizer_config.json`` and then ``special_tokens_map.json`` next to the ``tokenizer.json``,
+  and for the end-of-sequence token last the first ``eos_token_id`` of
+  ``generation_config.json``. `load` also reads the directory's chat template
+  (`load_chat_template`) into `chat_template`. Without a pad token, `pad_id` falls back to
+  `eos_id` (the Hugging Face convention), then `unk_id`, then 0.
 
   Args:
     tokenizer: a ``tokenizers.Tokenizer``.
@@ -472,6 +497,9 @@ class HFTokenizer(BaseTokenizer):
   def __init__(self, tokenizer, *, bos_token: str | None = None, eos_token: str | None = None,
                pad_token: str | None = None, unk_token: str | None = None):
     self._tok = tokenizer
+    # The configured strings (no fallbacks), which a chat template sees as variables.
+    self.special_tokens = {'bos_token': bos_token, 'eos_token': eos_token,
+                           'pad_token': pad_token, 'unk_token': unk_token}
 
     def lookup(token, name):
       if token is None:
@@ -509,6 +537,9 @@ class HFTokenizer(BaseTokenizer):
     path = os.fspath(path)
     directory = path if os.path.isdir(path) else os.path.dirname(path)
     file = os.path.join(path, 'tokenizer.json') if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+      # The tokenizers library's own error names no path.
+      raise FileNotFoundError(f'no tokenizer file at {file!r}')
     tok = tokenizers.Tokenizer.from_file(file)
     names = ('bos_token', 'eos_token', 'pad_token', 'unk_token')
     unknown = set(special_tokens) - set(names)
@@ -516,17 +547,19 @@ class HFTokenizer(BaseTokenizer):
       raise TypeError(f'Unknown arguments {sorted(unknown)}; special tokens are {names}.')
     resolved = {}
     for config_name in ('tokenizer_config.json', 'special_tokens_map.json'):
-      config_path = os.path.join(directory, config_name)
-      if os.path.exists(config_path):
-        with open(config_path, encoding='utf-8') as f:
-          config = json.load(f)
-        for name in names:
-          if resolved.get(name) is None:
-            resolved[name] = _special_from_config(config, name)
+      config = _read_json_if_exists(os.path.join(directory, config_name))
+      for name in names:
+        if resolved.get(name) is None:
+          resolved[name] = _special_from_config(config, name)
+    if resolved.get('eos_token') is None:
+      eos = _generation_eos_id(directory)
+      resolved['eos_token'] = None if eos is None else tok.id_to_token(eos)
     for name in names:
       if name in special_tokens:
         resolved[name] = special_tokens[name]
-    return cls(tok, **{n: resolved.get(n) for n in names})
+    out = cls(tok, **{n: resolved.get(n) for n in names})
+    out.chat_template = load_chat_template(directory, out)
+    return out
 
   @property
   def backend(self):
@@ -561,6 +594,60 @@ class HFTokenizer(BaseTokenizer):
 
   def _decode(self, ids: list[int]) -> str:
     return self._tok.decode(ids, skip_special_tokens=True)
+
+
+def _piece(tok: BaseTokenizer, token_id: int | None) -> str | None:
+  return None if token_id is None else tok.id_to_piece(token_id)
+
+
+def load_chat_template(directory: str | os.PathLike, tok: BaseTokenizer):
+  """The chat template of a Hugging Face tokenizer directory, or None if it has none.
+
+  Read from ``chat_template.jinja`` (what transformers writes now), else from the
+  ``"chat_template"`` of ``tokenizer_config.json`` (a string, or a list of named templates of
+  which the one named ``default`` is used); rendered with `tok`'s special tokens.
+  """
+  from rljax.data import chat_template as ct_lib  # pylint: disable=g-import-not-at-top
+  directory = os.fspath(directory)
+  jinja_path = os.path.join(directory, 'chat_template.jinja')
+  if os.path.exists(jinja_path):
+    with open(jinja_path, encoding='utf-8') as f:
+      source = f.read()
+  else:
+    source = _read_json_if_exists(os.path.join(directory, 'tokenizer_config.json')).get(
+        'chat_template')
+    if isinstance(source, list):
+      named = {t.get('name'): t.get('template') for t in source if isinstance(t, dict)}
+      source = named.get('default')
+  if not source:
+    return None
+  # As transformers passes them: the configured tokens only (not the pad fallback to eos).
+  specials = getattr(tok, 'special_tokens', None) or dict(
+      bos_token=_piece(tok, tok.bos_id), eos_token=_piece(tok, tok.eos_id),
+      unk_token=_piece(tok, tok.unk_id))
+  return ct_lib.ChatTemplate(source, **specials)
+
+
+def load_checkpoint_tokenizer(directory: str | os.PathLike) -> BaseTokenizer:
+  """The tokenizer of a Hugging Face checkpoint directory, with its chat template.
+
+  ``tokenizer.json`` (as `HFTokenizer`, special tokens from the directory's configs), else a
+  sentencepiece ``tokenizer.model`` (special tokens from the model).
+
+  Raises:
+    FileNotFoundError: if the directory has neither file (the message gives both paths).
+  """
+  directory = os.fspath(directory)
+  json_path = os.path.join(directory, 'tokenizer.json')
+  sp_path = os.path.join(directory, 'tokenizer.model')
+  if os.path.isfile(json_path):
+    return HFTokenizer.load(json_path)
+  if os.path.isfile(sp_path):
+    tok = Tokenizer.load(sp_path)
+    tok.chat_template = load_chat_template(directory, tok)
+    return tok
+  raise FileNotFoundError(f'no tokenizer in {directory!r}: neither {json_path!r} nor '
+                          f'{sp_path!r} exists')
 
 
 def load_tokenizer(path: str | os.PathLike, **kwargs) -> BaseTokenizer:
