@@ -93,7 +93,9 @@ class _ConfigBase:
   sft_levels: str = _f('', 'Task levels of the warm-start demonstrations, comma-separated, '
                        'each optionally with a count ("1,2" splits --sft_num_demos evenly; '
                        '"2:2000,3:100" gives 2000 of level 2 and 100 of level 3); empty: all.')
-  sft_num_demos: int = _f(20000, 'Distinct demonstrations in the warm-start set.', lo=1)
+  sft_num_demos: Optional[int] = _f(None, 'Distinct demonstrations in the warm-start set '
+                                    '(unset: 20000, or the whole train split of a task read '
+                                    'from a file if it holds fewer).', lo=1)
   demo_error_rate: float = _f(0.0, 'Fraction of warm-start demonstrations the teacher gets '
                               'wrong, the kind of error set by --demo_error (chosen by the '
                               'seed).', lo=0.0, hi=1.0)
@@ -102,11 +104,15 @@ class _ConfigBase:
                        'final carry; --demo_error_rate is then the fraction of the problems it '
                        'applies to).', choices=('random', 'systematic'))
   rl_levels: str = _f('', 'Task levels of the RL prompt pool, as --sft_levels (empty: all).')
-  rl_pool_size: int = _f(20000, 'Training prompts in the RL pool (the curriculum arms).', lo=1)
+  rl_pool_size: Optional[int] = _f(None, 'Training prompts in the RL pool (the curriculum '
+                                   'arms; unset: 20000, or the whole train split of a task '
+                                   'read from a file if it holds fewer).', lo=1)
   rl_pool_disjoint: bool = _f(True, 'Keep the warm-start demonstrations\' prompts out of the RL '
                               'pool (RL then trains on problems without demonstrations).')
   eval_levels: str = _f('', 'Task levels of the held-out set, as --sft_levels (empty: all).')
-  eval_num: int = _f(256, 'Held-out prompts per evaluation.', lo=1)
+  eval_num: Optional[int] = _f(None, 'Held-out prompts per evaluation (unset: 256, or the '
+                               'whole test split of a task read from a file if it holds '
+                               'fewer).', lo=1)
 
   # --- tokenizer and model
   tokenizer: str = _f('', 'Tokenizer: one trained on the task text (char, bpe, unigram), or a '

@@ -153,11 +153,31 @@ def _examples(config: Config, task, flag: str, split: str, num: int, which: str)
                          f'asks for more examples than the task has: {e}') from None
 
 
+# Example counts of unset --sft_num_demos, --rl_pool_size and --eval_num.
+DEFAULT_COUNTS = {'sft_num_demos': 20000, 'rl_pool_size': 20000, 'eval_num': 256}
+
+
+def example_count(config: Config, task, name: str, split: str, reserved: int = 0) -> int:
+  """The value of `--{name}`; unset, its default capped at what a fixed split can give.
+
+  `reserved` examples of the split go to another phase first (the warm start's, kept out of a
+  disjoint RL pool).
+  """
+  value = getattr(config, name)
+  if value is not None:
+    return value
+  size = task.split_size(split)
+  default = DEFAULT_COUNTS[name]
+  return default if size is None else max(min(default, size - reserved), 1)
+
+
 def _phase_examples(config: Config, task) -> tuple[list[Any], list[Any], list[Any]]:
   """The warm-start demonstrations, the RL pool and the held-out examples."""
   c = config
-  sft = _examples(c, task, '--sft_num_demos', 'train', c.sft_num_demos, 'sft') \
-      if c.sft_steps else []
+  sft = []
+  if c.sft_steps:
+    sft = _examples(c, task, '--sft_num_demos', 'train',
+                    example_count(c, task, 'sft_num_demos', 'train'), 'sft')
   if c.demo_error_rate > 0 and sft:
     try:
       sft = corrupt_demonstrations(sft, c.demo_error_rate, c.seed, task=task, kind=c.demo_error)
@@ -167,12 +187,15 @@ def _phase_examples(config: Config, task) -> tuple[list[Any], list[Any], list[An
   if c.rl_steps and c.rl_pool_disjoint and sft:
     # Draw extra and drop the demonstrated prompts: RL sees problems the warm start did not.
     seen = {e.prompt for e in sft}
+    num = example_count(c, task, 'rl_pool_size', 'train', reserved=len(seen))
     extra = _examples(c, task, '--rl_pool_size (+ --sft_num_demos, as --rl_pool_disjoint is '
-                      'set)', 'train', c.rl_pool_size + len(seen), 'rl')
-    pool = [e for e in extra if e.prompt not in seen][:c.rl_pool_size]
+                      'set)', 'train', num + len(seen), 'rl')
+    pool = [e for e in extra if e.prompt not in seen][:num]
   elif c.rl_steps:
-    pool = _examples(c, task, '--rl_pool_size', 'train', c.rl_pool_size, 'rl')
-  evals = _examples(c, task, '--eval_num', 'test', c.eval_num, 'eval')
+    pool = _examples(c, task, '--rl_pool_size', 'train',
+                     example_count(c, task, 'rl_pool_size', 'train'), 'rl')
+  evals = _examples(c, task, '--eval_num', 'test', example_count(c, task, 'eval_num', 'test'),
+                    'eval')
   return sft, pool, evals
 
 

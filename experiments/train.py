@@ -417,7 +417,8 @@ class Harness:
     before, after = evals.get('before'), evals.get('after')
     lines = []
     if before and after:
-      lines.append(f'held-out ({len(self.data.eval_prompts)} prompts)   warm start -> after RL')
+      start = 'warm start' if self.config.sft_steps else 'initial policy'
+      lines.append(f'held-out ({len(self.data.eval_prompts)} prompts)   {start} -> after RL')
       for k in sorted(before):
         if k == 'eval/time':
           continue

@@ -222,6 +222,26 @@ def test_data_errors_are_flag_errors(tmp_path, records, flags, pattern):
     data_lib.build_task(config)
 
 
+def test_unset_counts_take_the_whole_file_and_explicit_ones_are_checked(tmp_path):
+  path = _write_jsonl(tmp_path / 'qa.jsonl', QA)
+  flags = dict(prompt_file=path, prompt_field='q', answer_field='a', verifier='gsm8k',
+               task_args='{"test_fraction": 0.25}')
+  task = data_lib.build_task(_config(**flags))
+  n_train, n_test = task.split_size('train'), task.split_size('test')
+  assert n_train + n_test == len(QA) and n_test > 0
+  # Unset --sft_num_demos / --rl_pool_size / --eval_num: every prompt of the file, the RL pool
+  # being the train prompts the warm start does not demonstrate.
+  sft, pool, evals = data_lib._phase_examples(_config(**flags, sft_steps=0), task)
+  assert (len(sft), len(pool), len(evals)) == (0, n_train, n_test)
+  sft, pool, evals = data_lib._phase_examples(_config(**flags, sft_num_demos=5), task)
+  assert len(sft) == 5 and len(pool) == n_train - 5
+  assert not {e.prompt for e in sft} & {e.prompt for e in pool}
+  with pytest.raises(config_lib.FlagValueError, match=r'--rl_pool_size .*has \d+ examples'):
+    data_lib._phase_examples(_config(**flags, sft_steps=0, rl_pool_size=n_train + 1), task)
+  # A generated task keeps the fixed defaults.
+  assert tasks.get_task('arithmetic').split_size('train') is None
+
+
 def test_the_tfds_builder_writes_a_prompt_file(tmp_path):
   from rljax.data import tfds_builders  # pylint: disable=g-import-not-at-top
   kwargs = dict(path=os.path.join(DATA, 'prompts_saved_dataset_dict'), prompt_field='problem',

@@ -222,6 +222,14 @@ class Task(abc.ABC):
       out.append(dataclasses.replace(ex, metadata=meta))
     return out
 
+  def split_size(self, split: str) -> int | None:
+    """How many distinct examples `split` holds when it is a fixed set (a file), else None.
+
+    Generated tasks return None: their splits are as large as their levels allow.
+    """
+    _check_split(split)
+    return None
+
   def prompts(self, split: str, num: int | None = None, *, level: int | None = None) -> list[str]:
     """The prompts of ``examples(split, num, level=level)``."""
     return [ex.prompt for ex in self.examples(split, num, level=level)]

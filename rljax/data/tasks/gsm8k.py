@@ -198,6 +198,10 @@ class GSM8K(base.Task):
   def levels(self) -> tuple[int, ...]:
     return self._levels
 
+  def split_size(self, split: str) -> int:
+    base._check_split(split)  # pylint: disable=protected-access
+    return len(self._rows[split])
+
   def examples(self, split: str, num: int | None = None, *, level: int | None = None,
                unique: bool = True) -> list[base.Example]:
     """Returns `num` examples of `split` (all of them if ``None``) in a seeded random order.

@@ -267,6 +267,10 @@ class PromptFile(base.Task):
     """The reference answer of one of this task's prompts (None for an unknown prompt)."""
     return self._answers.get(prompt)
 
+  def split_size(self, split: str) -> int:
+    base._check_split(split)  # pylint: disable=protected-access
+    return len(self._rows[split])
+
   def examples(self, split: str, num: int | None = None, *, level: int | None = None,
                unique: bool = True) -> list[base.Example]:
     """`num` examples of `split` (all if None) in an order fixed by the seed.
