@@ -80,7 +80,13 @@ def model_config(config: Config, vocab_size: int, max_seq_len: int):
       vocab_size=vocab_size, d_model=kw['d_model'], num_layers=kw['num_layers'],
       num_heads=kw['num_heads'], num_kv_heads=kw['num_heads'],
       head_dim=kw['d_model'] // kw['num_heads'], ffn_dim=kw['ffn_dim'],
-      max_seq_len=max(max_seq_len, 16))
+      max_seq_len=max(max_seq_len, 16), **precision_overrides(config))
+
+
+def precision_overrides(config: Config) -> dict[str, str]:
+  """The `TransformerConfig` fields of `--param_dtype`, `--compute_dtype` and `--remat`."""
+  return dict(param_dtype=config.param_dtype, compute_dtype=config.compute_dtype,
+              remat=config.remat)
 
 
 def _strip_value(name: str) -> str:
@@ -161,7 +167,7 @@ class Harness:
     c = self.config
     if c.init_from_hf:
       from rljax.models import hf  # pylint: disable=g-import-not-at-top
-      model = hf.from_hf(c.init_from_hf)
+      model = hf.from_hf(c.init_from_hf, **precision_overrides(c))
     else:
       from rljax.models import Transformer  # pylint: disable=g-import-not-at-top
       mcfg = model_config(c, self.tok.vocab_size,
