@@ -6,9 +6,9 @@ same parameters, on the tiny model of `tests/mesh_cases.py` (logit scale ~0.1):
 * the matmuls do run in bfloat16 (the jaxpr's `dot_general`s take bfloat16 operands), and the
   parameters, their gradients and the log-probs stay float32;
 * logits: `max|z_bf16 - z_f32| <= 0.05 * std(z_f32)` (relative to the logits' spread);
-* per-token log-probs (`rljax.models.score`): max |difference| <= 0.02 nats;
-* a policy-gradient loss `-sum(A * logp * mask) / sum(mask)`: relative difference <= 2%;
-* its gradient: cosine similarity >= 0.99 with the float32 gradient.
+* per-token log-probs (`rljax.models.score`): max |difference| <= 0.01 nats;
+* a policy-gradient loss `-sum(A * logp * mask) / sum(mask)`: relative difference <= 1%;
+* its gradient: cosine similarity >= 0.999 with the float32 gradient.
 
 Remat ('block', 'full') changes no value: loss and every gradient equal 'none' to 1e-6, and the
 gradient's jaxpr holds a `jax.checkpoint` (remat) equation per decoder layer with the mode's
@@ -84,12 +84,12 @@ def test_bfloat16_compute_agrees_with_float32_within_stated_tolerances():
   loss16, logp16, grads16, logits16, _ = run(compute_dtype='bfloat16')
   z32, z16 = np.asarray(logits32), np.asarray(logits16)
   assert np.max(np.abs(z16 - z32)) <= 0.05 * np.std(z32)
-  assert np.max(np.abs(np.asarray(logp16) - np.asarray(logp32))) <= 0.02
-  assert abs(float(loss16) - float(loss32)) <= 0.02 * abs(float(loss32))
+  assert np.max(np.abs(np.asarray(logp16) - np.asarray(logp32))) <= 0.01
+  assert abs(float(loss16) - float(loss32)) <= 0.01 * abs(float(loss32))
   g32 = np.concatenate([np.ravel(x) for x in jax.tree.leaves(grads32)])
   g16 = np.concatenate([np.ravel(x) for x in jax.tree.leaves(grads16)])
   cosine = g16 @ g32 / (np.linalg.norm(g16) * np.linalg.norm(g32))
-  assert cosine >= 0.99, cosine
+  assert cosine >= 0.999, cosine
   assert not np.array_equal(z16, z32)   # bfloat16 did change something
 
 
