@@ -210,6 +210,18 @@ class _ConfigBase:
   mesh_data: int = _f(1, 'Devices on the data axis of the mesh.', lo=1)
   mesh_fsdp: int = _f(1, 'Devices on the fsdp axis.', lo=1)
   mesh_tensor: int = _f(1, 'Devices on the tensor axis.', lo=1)
+  param_dtype: str = _f('float32', 'Dtype the policy\'s parameters (and so its gradients and '
+                        'optimizer state) are stored in; float32 is the only one the RL and '
+                        'warm-start optimizers accept (bfloat16 would keep the optimizer state '
+                        'in bfloat16: use --compute_dtype=bfloat16 instead).',
+                        choices=('float32', 'bfloat16'))
+  compute_dtype: str = _f('float32', 'Dtype of activations and matmuls (log-probs are float32 '
+                          'whatever it is); bfloat16 with --param_dtype=float32 is mixed '
+                          'precision with float32 master parameters.',
+                          choices=('float32', 'bfloat16'))
+  remat: str = _f('none', 'Rematerialisation of the decoder layers in the backward pass: none, '
+                  'block (keep the weight matmuls\' outputs, recompute the rest of each layer) '
+                  'or full (keep only each layer\'s input).', choices=('none', 'block', 'full'))
   log_every: int = _f(1, 'Write metrics every N steps.', lo=1)
   tensorboard: bool = _f(True, 'Write TensorBoard event files.')
   console: bool = _f(True, 'Print a progress line per logged step.')
@@ -268,6 +280,11 @@ class _ConfigBase:
     paths.check_paths(self)
     if self.sft_steps == 0 and self.rl_steps == 0:
       raise ValueError('--sft_steps and --rl_steps are both 0: nothing to do')
+    if self.param_dtype != 'float32':
+      raise ValueError(f'--param_dtype={self.param_dtype} would keep the gradients and optimizer '
+                       'state in that dtype; use --param_dtype=float32 --compute_dtype='
+                       f'{self.param_dtype} (float32 master parameters, {self.param_dtype} '
+                       'matmuls)')
     if self.demo_error != 'random' and self.demo_error_rate == 0:
       raise ValueError(f'--demo_error={self.demo_error} does nothing with --demo_error_rate=0; '
                        'set the fraction of demonstrations the teacher gets wrong')

@@ -87,7 +87,13 @@ def model_config(config: Config, vocab_size: int, max_seq_len: int):
       vocab_size=vocab_size, d_model=kw['d_model'], num_layers=kw['num_layers'],
       num_heads=kw['num_heads'], num_kv_heads=kw['num_heads'],
       head_dim=kw['d_model'] // kw['num_heads'], ffn_dim=kw['ffn_dim'],
-      max_seq_len=max(max_seq_len, 16))
+      max_seq_len=max(max_seq_len, 16), **precision_overrides(config))
+
+
+def precision_overrides(config: Config) -> dict[str, str]:
+  """The `TransformerConfig` fields of `--param_dtype`, `--compute_dtype` and `--remat`."""
+  return dict(param_dtype=config.param_dtype, compute_dtype=config.compute_dtype,
+              remat=config.remat)
 
 
 def _check_devices(config: Config) -> None:
@@ -203,7 +209,7 @@ class Harness:
     path = self.config.init_from_hf
     try:
       self._check_vocab(hf.config_from_hf(path).vocab_size)
-      return hf.from_hf(path)
+      return hf.from_hf(path, **precision_overrides(self.config))
     except (OSError, ValueError) as e:
       if isinstance(e, FlagValueError):
         raise

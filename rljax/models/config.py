@@ -38,11 +38,18 @@ _DTYPES = {
 }
 
 
-def _dtype_name(dtype: Any) -> str:
-  name = jnp.dtype(dtype).name
+# Rematerialisation of the decoder layers in the backward pass (see `TransformerConfig.remat`).
+REMAT_MODES = ("none", "block", "full")
+
+
+def _dtype_name(dtype: Any, field: str = "param_dtype") -> str:
+  try:
+    name = jnp.dtype(dtype).name
+  except TypeError:
+    name = None
   if name not in _DTYPES:
     raise ValueError(
-        f"param_dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
+        f"{field} must be one of {sorted(_DTYPES)}, got {dtype!r}.")
   return name
 
 
@@ -64,9 +71,24 @@ class TransformerConfig:
     attention_bias: bias on the q, k and v projections (Qwen2 has it).
     o_proj_bias: bias on the attention output projection (Llama with `attention_bias=True`).
     mlp_bias: bias on gate, up and down projections (Llama `mlp_bias`).
-    param_dtype: 'float32' or 'bfloat16' (stored as a name so the config stays hashable).
-      Activations use this dtype; RMSNorm statistics, attention softmax, logits and
-      log-softmax are float32.
+    param_dtype: dtype the parameters are stored in, 'float32', 'bfloat16' or 'float16'
+      (stored as a name so the config stays hashable).
+    compute_dtype: dtype of activations and matmul operands (parameters are cast to it where
+      they are used); None (the default) means `param_dtype`. RMSNorm statistics, the
+      attention softmax, logits and log-softmax are float32 whatever it is. The recommended
+      mixed-precision mode is `param_dtype='float32', compute_dtype='bfloat16'`: parameters,
+      gradients and the optimizer state stay float32 (the float32 master copy), matmuls run
+      in bfloat16.
+    remat: rematerialisation of each decoder layer in the backward pass of `Transformer`
+      (the prefill/decode path of the sampler has no backward pass and ignores it):
+      'none': autodiff keeps every intermediate it needs;
+      'block': each layer runs under `jax.checkpoint` with the policy
+        `dots_with_no_batch_dims_saveable`: the outputs of the weight matmuls (q/k/v, o,
+        gate/up/down projections) are kept, everything else of the layer (norms, rotary
+        embeddings, attention scores and softmax, SwiGLU) is recomputed;
+      'full': each layer runs under `jax.checkpoint` with `nothing_saveable`: only the layer's
+        input is kept and the whole layer is recomputed in the backward pass.
+      Values and gradients are the same in every mode; only memory and time change.
     max_seq_len: longest sequence the model is meant for (`max_position_embeddings`).
     initializer_range: standard deviation of the normal initialiser (as Hugging Face).
     rope_scaling: None, or a sorted tuple of (key, value) pairs of a Hugging Face
@@ -90,9 +112,16 @@ class TransformerConfig:
   mlp_bias: bool = False
   initializer_range: float = 0.02
   rope_scaling: tuple[tuple[str, Any], ...] | None = None
+  compute_dtype: str | None = None
+  remat: str = "none"
 
   def __post_init__(self):
     object.__setattr__(self, "param_dtype", _dtype_name(self.param_dtype))
+    if self.compute_dtype is not None:
+      object.__setattr__(self, "compute_dtype",
+                         _dtype_name(self.compute_dtype, "compute_dtype"))
+    if self.remat not in REMAT_MODES:
+      raise ValueError(f"remat must be one of {list(REMAT_MODES)}, got {self.remat!r}.")
     if isinstance(self.rope_scaling, Mapping):
       object.__setattr__(self, "rope_scaling",
                          tuple(sorted(self.rope_scaling.items())))
@@ -119,8 +148,13 @@ class TransformerConfig:
 
   @property
   def dtype(self):
-    """The jnp dtype of parameters and activations."""
+    """The jnp dtype the parameters are stored in (`param_dtype`)."""
     return _DTYPES[self.param_dtype]
+
+  @property
+  def activation_dtype(self):
+    """The jnp dtype of activations and matmul operands (`compute_dtype`, else `param_dtype`)."""
+    return _DTYPES[self.compute_dtype or self.param_dtype]
 
   @property
   def rope_scaling_dict(self) -> dict[str, Any]:

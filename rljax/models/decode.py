@@ -20,6 +20,16 @@ it), computed in the layouts that make autoregressive sampling fast:
 
 Rotary positions follow the model's convention for left padding, `max(cumsum(mask) - 1, 0)`.
 
+Precision and sharding follow the model's: `fuse_weights` casts every weight to the activation
+dtype (`config.activation_dtype`), the cache is held in it, logits are float32. Under a mesh
+(`jax.set_mesh`) the cache `[B, K, S, Dh]` is constrained to rows on `('data', 'fsdp')` and
+key/value heads on `tensor` (`rljax.models.sharding`; an axis that does not divide its
+dimension is left out), where it is created and after every write, so each device holds the
+cache of its rows and heads only.
+
+`trace_counts` counts how often `prefill` and `decode_step` are traced (each trace is a
+compilation of the jitted function that calls them), for tests of recompilation.
+
 `ablate` (a collection of names from `ABLATIONS`) leaves a part of the computation out, for
 timing only: the results are then wrong. `benchmarks/sampler_breakdown.py` uses it to attribute
 the time of a decode step; with the default (nothing left out) the computation is the model's.
@@ -27,12 +37,15 @@ the time of a decode step; with the default (nothing left out) the computation i
 
 from __future__ import annotations
 
+import collections
 from typing import Collection
 
 import jax
 import jax.numpy as jnp
 
+from rljax.models import sharding
 from rljax.models.config import TransformerConfig
+from rljax.models.sharding import BATCH, HEADS
 from rljax.models.transformer import (Transformer, apply_rope, attention, causal_mask, linear,
                                       positions_from_mask, rms_norm, rope_cos_sin, rope_inv_freq)
 
@@ -40,35 +53,47 @@ from rljax.models.transformer import (Transformer, apply_rope, attention, causal
 # pass through in its place) and rotary embeddings (the identity in their place).
 ABLATIONS = ("attention", "rope")
 
+# Number of traces of `prefill` and `decode_step` (keys 'prefill', 'decode_step').
+trace_counts: collections.Counter = collections.Counter()
+
+# The cache layout `[B, K, S, Dh]`: rows on the batch axes, key/value heads on `tensor`.
+_CACHE_SPEC = (BATCH, HEADS)
+
+
+def constrain_cache(c: jax.Array) -> jax.Array:
+  """Constrains one `[B, K, S, Dh]` cache array to the cache layout (no-op outside a mesh)."""
+  return sharding.constrain(c, _CACHE_SPEC)
+
 
 def fuse_weights(model: Transformer) -> dict:
   """The model's arrays for decoding, with each layer's q/k/v projections fused into one.
+
+  Every array is cast to the activation dtype (`config.activation_dtype`).
 
   Returns:
     `dict(embed [V, D], norm [D], out [V, D], layers=[dict(ln1, ln2, wqkv [(H+2K)*Dh, D],
     bqkv or None, wo, bo, wg, bg, wu, bu, wd, bd)])`, weights `[out, in]` as the model stores
     them; absent biases are None.
   """
+  dtype = model.config.activation_dtype
+  get = lambda p: None if p is None else p[...].astype(dtype)
+  cat = lambda *ps: jnp.concatenate([get(p) for p in ps], axis=0)
   layers = []
   for layer in model.layers:
     a, m = layer.self_attn, layer.mlp
-    cat = lambda *ps: jnp.concatenate([p[...] for p in ps], axis=0)
     layers.append(dict(
-        ln1=layer.input_layernorm.weight[...],
-        ln2=layer.post_attention_layernorm.weight[...],
+        ln1=get(layer.input_layernorm.weight),
+        ln2=get(layer.post_attention_layernorm.weight),
         wqkv=cat(a.q_proj.weight, a.k_proj.weight, a.v_proj.weight),
         bqkv=(None if a.q_proj.bias is None else cat(a.q_proj.bias, a.k_proj.bias,
                                                      a.v_proj.bias)),
-        wo=a.o_proj.weight[...],
-        bo=None if a.o_proj.bias is None else a.o_proj.bias[...],
-        wg=m.gate_proj.weight[...], wu=m.up_proj.weight[...],
-        bg=None if m.gate_proj.bias is None else m.gate_proj.bias[...],
-        bu=None if m.up_proj.bias is None else m.up_proj.bias[...],
-        wd=m.down_proj.weight[...],
-        bd=None if m.down_proj.bias is None else m.down_proj.bias[...],
+        wo=get(a.o_proj.weight), bo=get(a.o_proj.bias),
+        wg=get(m.gate_proj.weight), wu=get(m.up_proj.weight),
+        bg=get(m.gate_proj.bias), bu=get(m.up_proj.bias),
+        wd=get(m.down_proj.weight), bd=get(m.down_proj.bias),
     ))
-  return dict(embed=model.embed_tokens.weight[...], layers=layers,
-              norm=model.norm.weight[...], out=model.output_embedding)
+  return dict(embed=get(model.embed_tokens.weight), layers=layers,
+              norm=get(model.norm.weight), out=model.output_embedding)
 
 
 def rope_tables(config: TransformerConfig, length: int) -> tuple[jax.Array, jax.Array]:
@@ -105,9 +130,10 @@ def _block(cfg, p, x, cos, sin, attend, last_only=False, ablate=()):
   rope = (lambda x, cos, sin: x) if "rope" in ablate else apply_rope
   y = rms_norm(x, p["ln1"], cfg.rms_norm_eps)
   qkv = linear(y, p["wqkv"], p["bqkv"])
-  q = qkv[..., :h * dh].reshape(b, s, h, dh)
-  k = qkv[..., h * dh:(h + kv) * dh].reshape(b, s, kv, dh)
-  v = qkv[..., (h + kv) * dh:].reshape(b, s, kv, dh)
+  heads = lambda y, n: sharding.constrain(y.reshape(b, s, n, dh), (BATCH, None, HEADS))
+  q = heads(qkv[..., :h * dh], h)
+  k = heads(qkv[..., h * dh:(h + kv) * dh], kv)
+  v = heads(qkv[..., (h + kv) * dh:], kv)
   if last_only:
     q, x, q_cos, q_sin = q[:, -1:], x[:, -1:], cos[:, -1:], sin[:, -1:]
   else:
@@ -137,11 +163,12 @@ def prefill(config: TransformerConfig, weights: dict, tokens: jax.Array,
     `(logits, caches)`: float32 `[B, V]` logits at the last prompt position (the
     distribution of the first new token), and one `(k, v)` pair of `[B, K, S, Dh]` per layer.
   """
+  trace_counts["prefill"] += 1
   cos, sin = (jnp.take(t, positions_from_mask(prompt_mask), axis=0) for t in rope)
   mask = causal_mask(prompt_mask)
   attend_fn = _attention_fn(ablate)
   p = tokens.shape[1]
-  x = jnp.take(weights["embed"], tokens, axis=0)
+  x = sharding.constrain(jnp.take(weights["embed"], tokens, axis=0), (BATCH,))
   caches = []
   for i, lw in enumerate(weights["layers"]):
     kv_out = []
@@ -154,14 +181,15 @@ def prefill(config: TransformerConfig, weights: dict, tokens: jax.Array,
                ablate=ablate)
     k, v = kv_out[0]
     pad = ((0, 0), (0, 0), (0, cache_len - p), (0, 0))
-    caches.append((jnp.pad(k.transpose(0, 2, 1, 3), pad), jnp.pad(v.transpose(0, 2, 1, 3), pad)))
+    caches.append(tuple(constrain_cache(jnp.pad(c.transpose(0, 2, 1, 3), pad)) for c in (k, v)))
   h = rms_norm(x[:, -1], weights["norm"], config.rms_norm_eps)
   return linear(h, weights["out"], preferred_element_type=jnp.float32), caches
 
 
 def grow_caches(caches, length: int):
   """Zero-pads every `[B, K, S, Dh]` cache array along S to `length`."""
-  grow = lambda c: jnp.pad(c, ((0, 0), (0, 0), (0, length - c.shape[2]), (0, 0)))
+  grow = lambda c: constrain_cache(
+      jnp.pad(c, ((0, 0), (0, 0), (0, length - c.shape[2]), (0, 0))))
   return [(grow(k), grow(v)) for k, v in caches]
 
 
@@ -218,6 +246,7 @@ def decode_step(config: TransformerConfig, weights: dict, tokens: jax.Array,
     >>> logits.shape, caches[0][0].shape
     ((16, 1), (1, 1, 4, 8))
   """
+  trace_counts["decode_step"] += 1
   cache_len = caches[0][0].shape[2]
   h, kv, dh = config.num_heads, config.num_kv_heads, config.head_dim
   b = tokens.shape[0]
@@ -226,7 +255,7 @@ def decode_step(config: TransformerConfig, weights: dict, tokens: jax.Array,
   cos_t, sin_t = (jnp.take(t, positions, axis=1) for t in rope_t)
   visible = (jnp.arange(cache_len) <= slot)[None, :] & key_valid[:, :cache_len]
   mask = visible[:, None, :]
-  x = jnp.take(weights["embed"], tokens, axis=0).T
+  x = sharding.constrain(jnp.take(weights["embed"], tokens, axis=0).T, (None, BATCH))
   new_caches = []
   for lw, (kc, vc) in zip(weights["layers"], caches):
     y = rms_norm(x, lw["ln1"], config.rms_norm_eps, axis=0)
@@ -234,8 +263,10 @@ def decode_step(config: TransformerConfig, weights: dict, tokens: jax.Array,
     q = rope(qkv[:h * dh].reshape(h, dh, b), cos_t, sin_t)
     k = rope(qkv[h * dh:(h + kv) * dh].reshape(kv, dh, b), cos_t, sin_t)
     v = qkv[(h + kv) * dh:].reshape(kv, dh, b).transpose(2, 0, 1)
-    kc = jax.lax.dynamic_update_slice(kc, k[:, :, None].astype(kc.dtype), (0, 0, slot, 0))
-    vc = jax.lax.dynamic_update_slice(vc, v[:, :, None].astype(vc.dtype), (0, 0, slot, 0))
+    kc = constrain_cache(
+        jax.lax.dynamic_update_slice(kc, k[:, :, None].astype(kc.dtype), (0, 0, slot, 0)))
+    vc = constrain_cache(
+        jax.lax.dynamic_update_slice(vc, v[:, :, None].astype(vc.dtype), (0, 0, slot, 0)))
     new_caches.append((kc, vc))
     att = attend(q[:, None], kc, vc, mask, kv_layout="BKTD")[:, 0]
     x = x + _linear_t(lw["wo"], att.T, lw["bo"])

@@ -40,6 +40,14 @@ Conventions: `tokens int32[B, S]`, `positions int32[B, S]` (the rotary position 
 with left padding use `positions = max(cumsum(mask) - 1, 0)`), `attention_mask [B, S]`
 (1 on real tokens; padding keys are never attended to). Logits are float32 whatever
 `param_dtype` is.
+
+Precision: parameters are stored in `config.param_dtype`; activations and matmul operands are in
+`config.activation_dtype` (`compute_dtype`, default `param_dtype`): each weight is cast to it
+where it is used, so with float32 parameters and bfloat16 compute the gradients (and the
+optimizer state built from them) are float32. Remat: `config.remat` wraps each decoder layer in
+`nnx.remat` (see `TransformerConfig.remat`). Sharding: activations carry the constraints of
+`rljax.models.sharding` (batch rows on `('data', 'fsdp')`, heads and MLP units on `tensor`),
+which are no-ops outside a mesh.
 """
 
 from __future__ import annotations
@@ -52,7 +60,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rljax.models import sharding
 from rljax.models.config import TransformerConfig
+from rljax.models.sharding import BATCH, HEADS
 
 # Added to masked attention scores. Finite, so a query row with no visible key (a left-pad
 # position) gives a uniform softmax instead of NaN; such rows are masked out downstream.
@@ -246,7 +256,9 @@ class Linear(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((out_features,), dtype)) if use_bias else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return linear(x, self.weight[...], None if self.bias is None else self.bias[...])
+    """`x @ weight.T + bias` in `x.dtype` (the weight is cast to the activations' dtype)."""
+    bias = None if self.bias is None else self.bias[...]
+    return linear(x, self.weight[...].astype(x.dtype), bias)
 
 
 class Embedding(nnx.Module):
@@ -287,9 +299,11 @@ class Attention(nnx.Module):
                mask: jax.Array) -> jax.Array:
     """x `[B, S, D]`, cos/sin `[B, S, Dh]`, mask bool `[B, S, S]` -> `[B, S, D]`."""
     b, s, _ = x.shape
-    q = self.q_proj(x).reshape(b, s, self.num_heads, self.head_dim)
-    k = self.k_proj(x).reshape(b, s, self.num_kv_heads, self.head_dim)
-    v = self.v_proj(x).reshape(b, s, self.num_kv_heads, self.head_dim)
+    heads = lambda y, n: sharding.constrain(y.reshape(b, s, n, self.head_dim),
+                                            (BATCH, None, HEADS))
+    q = heads(self.q_proj(x), self.num_heads)
+    k = heads(self.k_proj(x), self.num_kv_heads)
+    v = heads(self.v_proj(x), self.num_kv_heads)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     return self.o_proj(attention(q, k, v, mask))
 
@@ -305,7 +319,8 @@ class MLP(nnx.Module):
     self.down_proj = Linear(c.ffn_dim, c.d_model, **kw)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    hidden = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+    return self.down_proj(sharding.constrain(hidden, (BATCH, None, HEADS)))
 
 
 class DecoderLayer(nnx.Module):
@@ -320,7 +335,22 @@ class DecoderLayer(nnx.Module):
 
   def __call__(self, x, cos, sin, mask):
     x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
-    return x + self.mlp(self.post_attention_layernorm(x))
+    x = x + self.mlp(self.post_attention_layernorm(x))
+    return sharding.constrain(x, (BATCH,))
+
+
+_REMAT_POLICIES = {
+    "block": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def _layer_fn(remat: str):
+  """`f(layer, x, cos, sin, mask)` running one decoder layer with the `remat` mode's policy."""
+  call = lambda layer, x, cos, sin, mask: layer(x, cos, sin, mask)
+  if remat == "none":
+    return call
+  return nnx.remat(call, policy=_REMAT_POLICIES[remat])
 
 
 class Transformer(nnx.Module):
@@ -355,10 +385,10 @@ class Transformer(nnx.Module):
 
   @property
   def output_embedding(self) -> jax.Array:
-    """The `[V, D]` output projection (`lm_head.weight`, or `embed_tokens.weight` if tied)."""
-    if self.lm_head is None:
-      return self.embed_tokens.weight[...]
-    return self.lm_head.weight[...]
+    """The `[V, D]` output projection (`lm_head.weight`, or `embed_tokens.weight` if tied),
+    in the activation dtype (the output matmul accumulates in float32)."""
+    weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+    return weight[...].astype(self.config.activation_dtype)
 
   def _check_inputs(self, tokens, positions, attention_mask):
     check_tokens("tokens", tokens)
@@ -372,7 +402,7 @@ class Transformer(nnx.Module):
 
   def hidden_states(self, tokens: jax.Array, positions: Optional[jax.Array] = None,
                     attention_mask: Optional[jax.Array] = None) -> jax.Array:
-    """Final-normed hidden states `[B, S, D]` (param dtype), before the output projection.
+    """Final-normed hidden states `[B, S, D]` (activation dtype), before the output projection.
 
     Args:
       tokens: int `[B, S]`.
@@ -382,9 +412,11 @@ class Transformer(nnx.Module):
     positions, attention_mask = self._check_inputs(tokens, positions, attention_mask)
     cos, sin = rope_cos_sin(positions, rope_inv_freq(self.config))
     mask = causal_mask(attention_mask)
-    x = self.embed_tokens(tokens)
+    x = self.embed_tokens(tokens).astype(self.config.activation_dtype)
+    x = sharding.constrain(x, (BATCH,))
+    layer_fn = _layer_fn(self.config.remat)
     for layer in self.layers:
-      x = layer(x, cos, sin, mask)
+      x = layer_fn(layer, x, cos, sin, mask)
     return self.norm(x)
 
   def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:

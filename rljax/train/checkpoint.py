@@ -4,11 +4,18 @@ One checkpoint per saved step, under ``<workdir>/checkpoints/<step>/``, with two
 
 * ``state``: a pytree of arrays: parameters, optimizer state, step, RNG key data, curriculum
   state and anything else the loop holds as arrays (restored with the shardings of a template,
-  so parameters land on the mesh as they were).
+  so parameters land on the mesh of the restoring run, whatever mesh saved them).
 * ``meta``: a JSON dict: data-iterator position, wall time so far, config fingerprint.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a run killed
-mid-save leaves no step that looks finished. A step that *does* look finished but cannot be
+mid-save leaves no step that looks finished. Moving between meshes: orbax stores each array whole (not per device), and `restore` reads it
+into the template's shardings, so a state saved on one mesh (8x1x1, say) restores on another
+(2x2x2, or one device) with that mesh's layout; `tests/test_checkpoint_mesh.py` resumes a run
+on another mesh and checks it continues with the uninterrupted run's metrics. A template leaf
+that is an uncommitted array (created by `jnp` without a device, e.g. a curriculum's fresh
+state) is restored uncommitted too, so a jitted function under any mesh may take it.
+
+A step that *does* look finished but cannot be
 read (a truncated or deleted file, say) is skipped with a warning, renamed to
 ``unreadable_<step>_<n>`` (kept for inspection, out of the way of the next save of that step),
 and the previous step is restored instead.
@@ -90,7 +97,7 @@ class Checkpointer:
     Args:
       template: a pytree with the structure, shapes, dtypes and shardings of the saved state
         (concrete arrays or `jax.ShapeDtypeStruct`s with `.sharding`); restored arrays get the
-        template's shardings. Or a function `meta -> template`, for states whose structure
+        template's shardings (uncommitted template arrays give uncommitted arrays). Or a function `meta -> template`, for states whose structure
         depends on what the checkpoint's metadata says (e.g. the training phase). Or None: the
         saved tree as nested dicts/lists of arrays on the default device (to pick parts of
         another run's state).
@@ -118,6 +125,8 @@ class Checkpointer:
             s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                        meta=ocp.args.JsonRestore()))
         state = restored['state']
+        if step_template is not None:
+          state = jax.tree.map(_like, step_template, state)
         _check_finite(state)
         if errors:
           moved = [self._set_aside(e[0]) for e in errors]
@@ -156,6 +165,13 @@ def _abstract(x):
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
   x = np.asarray(x)
   return jax.ShapeDtypeStruct(x.shape, x.dtype)
+
+
+def _like(template, restored):
+  """`restored`, uncommitted (on the default device) where the template leaf is uncommitted."""
+  if isinstance(template, jax.Array) and not template.committed:
+    return jax.numpy.asarray(np.asarray(restored))
+  return restored
 
 
 def _check_finite(state: Any) -> None:

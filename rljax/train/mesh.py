@@ -10,8 +10,13 @@ The batch dimension of every batch array is sharded over ``('data', 'fsdp')``. P
 *partition rules*: an ordered list of ``(regex, PartitionSpec)`` matched against the parameter's
 path (``'layers/0/self_attn/q_proj/weight'``); the first match wins, and an unmatched parameter falls
 back to `fsdp_spec` (its largest dimension divisible by the ``fsdp`` axis size, else replicated).
+A mesh axis of a rule that does not divide its dimension is dropped from that dimension (the
+others stay), so a rule never fails on an odd shape: e.g. with ``tensor=8`` a ``[12, D]``
+projection keeps its ``fsdp`` sharding and is replicated over ``tensor``.
 With the default one-device mesh every array is replicated and nothing changes; adding axes and
-rules is all a larger run needs.
+rules is all a larger run needs. The optimizer state follows the same rules (its leaves' paths
+end with the parameters' paths), so parameters and moments are split over ``fsdp x tensor``;
+the activations' layout is fixed inside the model (`rljax.models.sharding`).
 
 The axes use `jax.sharding.AxisType.Auto`, so XLA propagates shardings through the step and
 `jax.lax.with_sharding_constraint` works (``jax.make_mesh`` defaults to Explicit axes where it
@@ -28,8 +33,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-AXES = ('data', 'fsdp', 'tensor')
-BATCH_AXES = ('data', 'fsdp')
+from rljax.models import sharding as sharding_lib
+
+AXES = sharding_lib.AXES
+BATCH_AXES = sharding_lib.BATCH
 
 PartitionRules = Sequence[tuple[str, P]]
 
@@ -122,19 +129,6 @@ def fsdp_spec(shape: Sequence[int], fsdp_size: int) -> P:
   return P()
 
 
-def _fits(spec: P, shape: Sequence[int], mesh: Mesh) -> bool:
-  if len(spec) > len(shape):
-    return False
-  for dim, axes in zip(shape, spec):
-    if axes is None:
-      continue
-    axes = (axes,) if isinstance(axes, str) else tuple(axes)
-    size = int(np.prod([mesh.shape[a] for a in axes]))
-    if dim % size:
-      return False
-  return True
-
-
 def _drop_trivial(spec: P, mesh: Mesh) -> P:
   """Replaces axes of size 1 by None (so one-device specs are plainly replicated)."""
   out = []
@@ -153,8 +147,9 @@ def _drop_trivial(spec: P, mesh: Mesh) -> P:
 def param_specs(params: Any, mesh: Mesh, rules: PartitionRules = DEFAULT_RULES) -> Any:
   """PartitionSpecs for a parameter pytree from ordered ``(regex, spec)`` rules.
 
-  A rule applies only when its spec fits the array (rank and divisibility); otherwise the next
-  rule is tried, then the fsdp fallback. Scalars are replicated.
+  A rule applies when its spec has no more entries than the array has dimensions; each of its
+  mesh axes that does not divide the dimension it names is dropped (`sharding.fitted_spec`).
+  A parameter no rule applies to gets the fsdp fallback. Scalars are replicated.
 
   Args:
     params: pytree of arrays (or `jax.ShapeDtypeStruct`s), e.g. an `nnx.State`.
@@ -172,8 +167,8 @@ def param_specs(params: Any, mesh: Mesh, rules: PartitionRules = DEFAULT_RULES) 
       return P()
     name = _path_str(path)
     for pattern, spec in compiled:
-      if pattern.search(name) and _fits(spec, shape, mesh):
-        return _drop_trivial(spec, mesh)
+      if pattern.search(name) and len(spec) <= len(shape):
+        return sharding_lib.fitted_spec(shape, spec, dict(mesh.shape))
     return _drop_trivial(fsdp_spec(shape, mesh.shape['fsdp']), mesh)
 
   return jax.tree_util.tree_map_with_path(spec_for, params)
