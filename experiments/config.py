@@ -97,6 +97,17 @@ class _ConfigBase:
                               'final parameters and tokenizer this run starts from; with '
                               '--sft_steps=0 this is RL from that run\'s warm start.')
 
+  # --- LoRA
+  lora_rank: int = _f(0, 'Rank of low-rank adapters on the --lora_targets projections; only '
+                      'the adapters are trained and checkpointed, the base weights stay '
+                      'frozen (0: full fine-tuning).', lo=0)
+  lora_alpha: float = _f(8.0, 'LoRA scale numerator: the update is (alpha / rank) B A.',
+                         lo=0.0, lo_open=True)
+  lora_targets: str = _f('q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj',
+                         'Projections that get adapters: comma-separated module names, or a '
+                         'regular expression matching whole module paths such as '
+                         '"layers/0/self_attn/q_proj".')
+
   # --- supervised warm start
   sft_steps: int = _f(300, 'Supervised warm-start steps (0: none).', lo=0)
   sft_batch_size: int = _f(64, 'Warm-start batch size (sequences).', lo=1)
@@ -217,12 +228,20 @@ class _ConfigBase:
     self._check_estimator()
     if self.init_from_hf and self.init_from_workdir:
       raise ValueError('--init_from_hf and --init_from_workdir are exclusive')
+    self._check_lora()
     if self.sft_steps == 0 and self.rl_steps == 0:
       raise ValueError('--sft_steps and --rl_steps are both 0: nothing to do')
     if self.demo_error != 'random' and self.demo_error_rate == 0:
       raise ValueError(f'--demo_error={self.demo_error} does nothing with --demo_error_rate=0; '
                        'set the fraction of demonstrations the teacher gets wrong')
     return self
+
+  def _check_lora(self) -> None:
+    from rljax.models import lora  # pylint: disable=g-import-not-at-top
+    try:
+      lora.target_matcher(self.lora_targets)
+    except ValueError as e:
+      raise ValueError(f'--lora_targets={self.lora_targets!r} is invalid: {e}') from None
 
   def _check_text_fields(self) -> None:
     for name in ('task_args', 'curriculum_args'):
