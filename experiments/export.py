@@ -147,9 +147,13 @@ def main(argv):
     raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  from experiments.config import FlagValueError  # pylint: disable=g-import-not-at-top
   try:
     check_paths(FLAGS.workdir, FLAGS.out)  # before JAX starts
+    from experiments.config import FlagValueError  # pylint: disable=g-import-not-at-top
+  except ExportError as e:
+    sys.stderr.write(f'FATAL {e}\n')
+    sys.exit(2)
+  try:
     result = export(FLAGS.workdir, FLAGS.out, step=FLAGS.step)
   except (ExportError, FlagValueError) as e:
     sys.stderr.write(f'FATAL {e}\n')
