@@ -22,6 +22,12 @@ Phases (one step counter; steps 1..sft_steps are warm-start steps, the next rl_s
 4. Evaluation every `eval_every` RL steps and at the end ("after"); before/after printed and
    written to `<workdir>/summary.json`.
 
+With `--lora_rank > 0` both phases train LoRA adapters (`rljax.models.lora`) on a frozen base:
+the train state, the reference policy (a copy of the adapters at the start of RL; B = 0 without
+a warm start, i.e. the base itself) and the checkpoints hold adapters only, and the base is
+rebuilt from the seed or `--init_from_hf` when a run resumes. `python -m experiments.export`
+writes the merged policy as a Hugging Face checkpoint.
+
 The data of every phase is built by `experiments.data`. Determinism: every random draw is keyed
 by `fold_in(key(seed), phase, step)` and every data position is a function of the step, so a run
 restarted from a checkpoint (params, optimizer state, step, RNG, curriculum state) continues
@@ -273,6 +279,14 @@ class Harness:
 
   def _params_from_workdir(self, workdir: str):
     """The parameters of the latest checkpoint of another run (`--init_from_workdir`)."""
+    source_config = os.path.join(workdir, 'config.json')
+    if os.path.isfile(source_config):
+      with open(source_config) as f:
+        if json.load(f).get('lora_rank'):
+          raise FlagValueError(
+              f'--init_from_workdir={workdir!r} is a LoRA run (its checkpoints hold adapters '
+              'only); export it with python -m experiments.export and pass the export as '
+              '--init_from_hf')
     source = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
     restored = source.restore(None)
     source.close()

@@ -174,3 +174,15 @@ def test_a_full_finetuning_run_exports_its_parameters(tmp_path):
   tensors = load_file(str(tmp_path / 'hf' / 'model.safetensors'))
   np.testing.assert_array_equal(tensors['model.layers.0.mlp.up_proj.weight'],
                                 np.asarray(params['layers'][0]['mlp']['up_proj']['weight'][...]))
+
+
+def test_lora_flag_errors_of_the_harness_name_the_flag(lora_run, tmp_path):
+  from experiments.train import Harness
+  workdir, _ = lora_run
+  base = dict(task_args='{"levels": [1], "ops": ["+"]}', d_model=16, num_layers=1, num_heads=2,
+              ffn_dim=32, sft_steps=0, rl_steps=1, rl_pool_size=8, eval_num=2, num_prompts=4,
+              group_size=2, console=False, tensorboard=False)
+  with pytest.raises(config_lib.FlagValueError, match=r"--lora_targets='wq'.*'q_proj'"):
+    Harness(config_lib.Config(lora_rank=2, lora_targets='wq', **base), str(tmp_path / 'a'))
+  with pytest.raises(config_lib.FlagValueError, match=r'--init_from_workdir=.* is a LoRA run'):
+    Harness(config_lib.Config(init_from_workdir=workdir, **base), str(tmp_path / 'b'))

@@ -239,3 +239,15 @@ def test_rank_r_lora_reaches_full_finetuning_on_a_rank_r_teacher():
   assert float(kl_full) < 0.01 * kl0
   assert float(kl_lora) < 0.01 * kl0
   assert abs(float(kl_lora) - float(kl_full)) < 0.01 * kl0
+
+
+@pytest.mark.parametrize('field, value, pattern', [
+    ('lora_targets', 'layers/(', r"--lora_targets='layers/\(' is invalid.*regular expression"),
+    ('lora_targets', ' ', r'--lora_targets.*at least one module'),
+    ('lora_rank', -1, r'--lora_rank=-1 is invalid'),
+    ('lora_alpha', 0.0, r'--lora_alpha=0.0 is invalid'),
+])
+def test_lora_flags_are_validated(field, value, pattern):
+  from experiments import config as config_lib
+  with pytest.raises(ValueError, match=pattern):
+    config_lib.Config(**{field: value}).validate()
