@@ -11,8 +11,11 @@ receives what `transformers.AutoModelForCausalLM.from_pretrained` reads (`config
 * a run on an `--init_from_hf` checkpoint with its Hugging Face tokenizer: the checkpoint's
   tokenizer files (`tokenizer.json`, `tokenizer_config.json`, ...), copied;
 * a run with a task tokenizer (sentencepiece, trained or `--tokenizer=*.model`): its
-  `tokenizer.model`, loadable with `sentencepiece` or `rljax.data.tokenizer.Tokenizer.load`;
-  it is not converted to a transformers tokenizer.
+  `tokenizer.model` (for `sentencepiece` or `rljax.data.tokenizer.Tokenizer.load`), and the
+  same tokenizer as `tokenizer.json` + `tokenizer_config.json` for `transformers.AutoTokenizer`
+  (`rljax.data.hf_tokenizer`; it prepends BOS as the launcher does to prompts). A sentencepiece
+  model that `tokenizers` cannot express exactly (a `.model` file trained elsewhere with another
+  normalisation, say) gets no `tokenizer.json`, with a warning.
 
 The token ids of the tokenizer's end-of-sequence, beginning-of-sequence and padding tokens are
 written into `config.json` and `generation_config.json`, so `generate` stops where the sampler
@@ -98,8 +101,14 @@ def write_tokenizer(config, tok, out: str) -> list[str]:
     for n in names:
       shutil.copy(os.path.join(config.init_from_hf, n), os.path.join(out, n))
     return names
+  from rljax.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
   before = set(os.listdir(out))
   tok.save(os.path.join(out, 'tokenizer.model'))
+  try:
+    # The launcher prepends BOS to every prompt when the tokenizer has one (experiments.data).
+    hf_tokenizer.write_hf_tokenizer(tok, out, add_bos=tok.bos_id is not None)
+  except ValueError as e:
+    logging.warning('no tokenizer.json written: %s', e)
   return sorted(set(os.listdir(out)) - before)
 
 

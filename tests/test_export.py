@@ -106,10 +106,16 @@ def test_reloaded_in_transformers_the_export_has_the_merged_weights_and_rljax_lo
     hf_config = json.load(f)
   assert hf_config['eos_token_id'] == harness.tok.eos_id
   assert sorted(os.listdir(out)) == ['config.json', 'generation_config.json',
-                                     'model.safetensors', 'tokenizer.model', 'tokenizer.vocab']
+                                     'model.safetensors', 'tokenizer.json',
+                                     'tokenizer.model', 'tokenizer.vocab',
+                                     'tokenizer_config.json']
   from rljax.data.tokenizer import Tokenizer
   exported = Tokenizer.load(os.path.join(out, 'tokenizer.model'))
   assert exported.encode('12+3=') == harness.tok.encode('12+3=')
+  auto = transformers.AutoTokenizer.from_pretrained(out)
+  prompt = harness.data.eval_prompts[0]
+  assert auto(prompt)['input_ids'] == harness.tok.encode(prompt, add_bos=True)
+  assert auto.eos_token_id == harness.tok.eos_id and auto.pad_token_id == harness.tok.pad_id
 
 
 def test_export_errors_are_one_line(lora_run, tmp_path):
@@ -186,3 +192,32 @@ def test_lora_flag_errors_of_the_harness_name_the_flag(lora_run, tmp_path):
     Harness(config_lib.Config(lora_rank=2, lora_targets='wq', **base), str(tmp_path / 'a'))
   with pytest.raises(config_lib.FlagValueError, match=r'--init_from_workdir=.* is a LoRA run'):
     Harness(config_lib.Config(init_from_workdir=workdir, **base), str(tmp_path / 'b'))
+
+
+@pytest.mark.parametrize('model_type', ['char', 'unigram', 'bpe'])
+def test_a_task_tokenizer_as_tokenizer_json_encodes_as_sentencepiece(model_type, tmp_path):
+  from rljax.data import hf_tokenizer, tasks
+  from rljax.data.tokenizer import HFTokenizer, Tokenizer
+  corpus = tasks.tokenizer_corpus(tasks.get_task('arithmetic'), 300, split='train')
+  corpus += ['What is 12 + 7?', 'what is  this\n\n 3', 'a  b  c'] * 20  # spaces, newlines
+  tok = Tokenizer.train(corpus, vocab_size=48, model_type=model_type)
+  assert hf_tokenizer.write_hf_tokenizer(tok, str(tmp_path), add_bos=True) == [
+      'tokenizer.json', 'tokenizer_config.json']
+  loaded = HFTokenizer.load(str(tmp_path))
+  assert (loaded.bos_id, loaded.eos_id, loaded.pad_id, loaded.unk_id) == (2, 3, 0, 1)
+  texts = corpus + ['What is 12 + 7?  ', ' 3\n\n4 ', '  this is 9', 'zq~', '']
+  for text in texts:
+    ids = tok.encode(text)
+    assert loaded.encode(text) == ids, text
+    if tok.unk_id not in ids:  # sentencepiece writes an unknown piece as ' ⁇ ', tokenizers not
+      assert loaded.decode(ids) == tok.decode(ids) == text, text
+    assert loaded._tok.encode(text).ids == [2] + ids  # pylint: disable=protected-access
+
+
+def test_a_sentencepiece_model_without_an_exact_equivalent_is_refused():
+  from rljax.data import hf_tokenizer, tasks
+  from rljax.data.tokenizer import Tokenizer
+  corpus = tasks.tokenizer_corpus(tasks.get_task('arithmetic'), 100, split='train')
+  tok = Tokenizer.train(corpus, vocab_size=32, model_type='char', add_dummy_prefix=True)
+  with pytest.raises(ValueError, match='no exact tokenizers equivalent.*add_dummy_prefix=True'):
+    hf_tokenizer.to_tokenizers(tok.serialized_model_proto)
