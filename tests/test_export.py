@@ -82,7 +82,7 @@ def test_reloaded_in_transformers_the_export_has_the_merged_weights_and_rljax_lo
   import transformers
   workdir, out = lora_run
   harness, adapters = _rljax_policy(workdir)
-  hf_model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+  hf_model = transformers.AutoModelForCausalLM.from_pretrained(out)  # float32
   hf_weights = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
   # The merge, recomputed here: W + (alpha / r) (A B)^T with alpha / r = 8 / 4.
   moved = 0.0
