@@ -35,13 +35,17 @@ from absl import app
 from absl import flags
 from absl import logging
 
-flags.DEFINE_string('workdir', None, 'Workdir of a run (its config.json and checkpoints).')
-flags.DEFINE_string('out', None, 'Output directory of the Hugging Face checkpoint (must not '
-                    'exist, or be empty).')
-flags.DEFINE_integer('step', None, 'Checkpoint step to export (default: the latest).')
-flags.mark_flags_as_required(['workdir', 'out'])
-
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command line's flags (defined when run as a script, so importing this module as a
+  library next to `experiments.launch`, which also defines `--workdir`, is possible)."""
+  flags.DEFINE_string('workdir', None, 'Workdir of a run (its config.json and checkpoints).')
+  flags.DEFINE_string('out', None, 'Output directory of the Hugging Face checkpoint (must not '
+                      'exist, or be empty).')
+  flags.DEFINE_integer('step', None, 'Checkpoint step to export (default: the latest).')
+  flags.mark_flags_as_required(['workdir', 'out'])
 
 # Tokenizer files of a Hugging Face checkpoint that travel with the exported policy.
 HF_TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
@@ -83,7 +87,8 @@ def check_paths(workdir: str, out: str) -> None:
 
 def _restore(harness, step: int | None):
   try:
-    restored = harness.checkpointer.restore(harness._state_template, step=step)  # pylint: disable=protected-access
+    template = harness._state_template  # pylint: disable=protected-access
+    restored = harness.checkpointer.restore(template, step=step)
   except FileNotFoundError:
     raise ExportError(f'--step={step} is not a checkpoint of --workdir={harness.workdir!r} '
                       f'(steps: {harness.checkpointer.all_steps()})') from None
@@ -174,4 +179,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

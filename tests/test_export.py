@@ -8,6 +8,7 @@ a full fine-tuning run (a checkpoint written by hand).
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -72,7 +73,8 @@ def _rljax_policy(workdir):
   from experiments.train import Harness
   config = export_lib.load_run_config(workdir)
   harness = Harness(config, workdir)
-  _, state, _ = harness.checkpointer.restore(harness._state_template)  # pylint: disable=protected-access
+  template = harness._state_template  # pylint: disable=protected-access
+  _, state, _ = harness.checkpointer.restore(template)
   harness.close()
   return harness, state['train'].params
 
@@ -134,7 +136,7 @@ def test_export_errors_are_one_line(lora_run, tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr
-    assert __import__('re').search(pattern, lines[0]), lines[0]
+    assert re.search(pattern, lines[0]), lines[0]
 
 
 def test_a_hugging_face_run_exports_the_checkpoint_tokenizer_files(tmp_path):

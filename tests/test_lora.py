@@ -16,7 +16,7 @@ import optax
 import pytest
 from flax import nnx
 
-from rljax.models import Transformer, TransformerConfig, score_fn
+from rljax.models import Transformer, TransformerConfig
 from rljax.models import lora
 from rljax.train import train_step as ts
 from rljax.train.batch import TrainBatch
