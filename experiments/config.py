@@ -136,6 +136,17 @@ class _ConfigBase:
                               'final parameters and tokenizer this run starts from; with '
                               '--sft_steps=0 this is RL from that run\'s warm start.')
 
+  # --- LoRA
+  lora_rank: int = _f(0, 'Rank of low-rank adapters on the --lora_targets projections; only '
+                      'the adapters are trained and checkpointed, the base weights stay '
+                      'frozen (0: full fine-tuning).', lo=0)
+  lora_alpha: float = _f(8.0, 'LoRA scale numerator: the update is (alpha / rank) B A.',
+                         lo=0.0, lo_open=True)
+  lora_targets: str = _f('q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj',
+                         'Projections that get adapters: comma-separated module names, or a '
+                         'regular expression matching whole module paths such as '
+                         '"layers/0/self_attn/q_proj".')
+
   # --- supervised warm start
   sft_steps: Optional[int] = _f(None, 'Supervised warm-start steps (0: none; unset: '
                                 f'{DEFAULT_SFT_STEPS} for a fresh model, 0 with --init_from_hf).',
@@ -278,6 +289,7 @@ class _ConfigBase:
     self._check_batch_layout()
     self._check_estimator()
     paths.check_paths(self)
+    self._check_lora()
     if self.sft_steps == 0 and self.rl_steps == 0:
       raise ValueError('--sft_steps and --rl_steps are both 0: nothing to do')
     if self.param_dtype != 'float32':
@@ -289,6 +301,13 @@ class _ConfigBase:
       raise ValueError(f'--demo_error={self.demo_error} does nothing with --demo_error_rate=0; '
                        'set the fraction of demonstrations the teacher gets wrong')
     return self
+
+  def _check_lora(self) -> None:
+    from rljax.models import lora  # pylint: disable=g-import-not-at-top
+    try:
+      lora.target_matcher(self.lora_targets)
+    except ValueError as e:
+      raise ValueError(f'--lora_targets={self.lora_targets!r} is invalid: {e}') from None
 
   def _check_text_fields(self) -> None:
     for name in ('task_args', 'curriculum_args'):

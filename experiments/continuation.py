@@ -38,7 +38,8 @@ STATE_FLAGS = frozenset({
     'seed', 'task', 'task_args', 'sft_steps', 'sft_levels', 'sft_num_demos', 'rl_levels',
     'rl_pool_size', 'rl_pool_disjoint', 'tokenizer', 'vocab_size', 'model', 'd_model',
     'num_layers', 'num_heads', 'ffn_dim', 'init_from_hf', 'init_from_workdir', 'optimizer',
-    'curriculum', 'curriculum_args', 'rollout_staleness',
+    'curriculum', 'curriculum_args', 'rollout_staleness', 'lora_rank', 'lora_targets',
+    'prompt_file', 'prompt_field',
 })
 
 CONFIG_NAME = 'config.json'

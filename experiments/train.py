@@ -27,6 +27,12 @@ the flags) when its `config.json` differs in a flag that changes the run, unless
 (`experiments.continuation`); a finished run given a larger `--rl_steps` trains the extra steps
 and redoes the "after" evaluation at the new end; one given the same flags reprints its summary.
 
+With `--lora_rank > 0` both phases train LoRA adapters (`rljax.models.lora`) on a frozen base:
+the train state, the reference policy (a copy of the adapters at the start of RL; B = 0 without
+a warm start, i.e. the base itself) and the checkpoints hold adapters only, and the base is
+rebuilt from the seed or `--init_from_hf` when a run resumes. `python -m experiments.export`
+writes the merged policy as a Hugging Face checkpoint.
+
 The data of every phase is built by `experiments.data`. Determinism: every random draw is keyed
 by `fold_in(key(seed), phase, step)` and every data position is a function of the step, so a run
 restarted from a checkpoint (params, optimizer state, step, RNG, curriculum state) continues
@@ -175,6 +181,9 @@ class Harness:
     self.init_params = jax.device_put(params, self.param_shardings)
     if c.init_from_workdir:
       self.init_params = self._params_from_workdir(c.init_from_workdir)
+    self.frozen, self.combine = None, None
+    if c.lora_rank:
+      self._adapt(model)
     self.sft_tx = ts_lib.make_optimizer(c.optimizer_config('sft'))
     self.rl_tx = ts_lib.make_optimizer(c.optimizer_config('rl'))
     self.loss_config = c.loss_config()
@@ -229,6 +238,32 @@ class Harness:
                          f'{c.init_from_hf!r} only {model_vocab} embeddings (ids past the table '
                          'would index nothing); pass a --tokenizer made for that checkpoint')
 
+  def _adapt(self, model) -> None:
+    """LoRA: the base parameters become `frozen`, the trained `init_params` the adapters.
+
+    Every jitted function gets `frozen` as an argument beside the adapters and runs on
+    `combine(adapters, frozen)` (the merged weights); the train state, the reference policy
+    and the checkpoints hold adapters only.
+    """
+    from rljax.models import lora  # pylint: disable=g-import-not-at-top
+    c = self.config
+    try:
+      lcfg = lora.LoraConfig(rank=c.lora_rank, alpha=c.lora_alpha, targets=c.lora_targets)
+      adapters = lora.init_adapters(model, lcfg, seed=c.seed)
+    except ValueError as e:
+      raise FlagValueError(f'--lora_targets={c.lora_targets!r}: {e}') from None
+    self.frozen = self.init_params
+    self.combine = functools.partial(lora.merge, scale=lcfg.scale)
+    # The trained parameters (and their copies: reference, stale policies) are the adapters.
+    self.param_shardings = mesh_lib.param_shardings(adapters, self.mesh)
+    self.init_params = jax.device_put(adapters, self.param_shardings)
+    logger.info('LoRA rank %d: %d adapter parameters on %d base parameters', c.lora_rank,
+                lora.num_params(adapters), lora.num_params(self.frozen))
+
+  def _with_frozen(self, fn):
+    """`fn` with the frozen base bound (LoRA), else `fn` itself."""
+    return fn if self.frozen is None else functools.partial(fn, frozen=self.frozen)
+
   def _curriculum(self):
     """The prompt sampler over the RL pool (one arm per pool prompt)."""
     from rljax.data import curricula  # pylint: disable=g-import-not-at-top
@@ -241,17 +276,18 @@ class Harness:
   @property
   def sft_step(self):
     if self._sft_step is None:
-      self._sft_step = ts_lib.make_sft_step(self.graphdef, self.sft_tx)
+      self._sft_step = self._with_frozen(
+          ts_lib.make_sft_step(self.graphdef, self.sft_tx, combine=self.combine))
     return self._sft_step
 
   @property
   def rl_update(self):
     if self._rl_update is None:
       c = self.config
-      self._rl_update = ts_lib.make_rl_update(
+      self._rl_update = self._with_frozen(ts_lib.make_rl_update(
           self.graphdef, self.rl_tx, self.loss_config, group_size=c.group_size,
           num_epochs=c.num_epochs, num_minibatches=c.num_minibatches,
-          max_new_tokens=c.max_new_tokens)
+          max_new_tokens=c.max_new_tokens, combine=self.combine))
     return self._rl_update
 
   def sampler(self, temperature: float):
@@ -267,8 +303,18 @@ class Harness:
     if cache_key not in self._samplers:
       from rljax.sampling.sampler import sample_fn  # pylint: disable=g-import-not-at-top
       fn = functools.partial(sample_fn, self.graphdef, **opts)
-      self._samplers[cache_key] = jax.jit(lambda p, t, m, k: fn(p, t, m, k))
+      if self.combine is None:
+        self._samplers[cache_key] = jax.jit(lambda p, t, m, k: fn(p, t, m, k))
+      else:  # LoRA: samples from the merged weights, built inside the jitted call.
+        jitted = jax.jit(lambda p, t, m, k, frozen: fn(self.combine(p, frozen), t, m, k))
+        self._samplers[cache_key] = self._with_frozen(jitted)
     return self._samplers[cache_key]
+
+  def policy_params(self, params):
+    """The full model state of `params` (the adapters merged into the base with LoRA)."""
+    if self.combine is None:
+      return params
+    return jax.jit(self.combine)(params, self.frozen)
 
   def evaluate(self, params) -> dict[str, float]:
     """Greedy accuracy and sampled pass@1 / pass@n on the held-out prompts."""
@@ -284,6 +330,14 @@ class Harness:
 
   def _params_from_workdir(self, workdir: str):
     """The parameters of the latest checkpoint of another run (`--init_from_workdir`)."""
+    source_config = os.path.join(workdir, 'config.json')
+    if os.path.isfile(source_config):
+      with open(source_config) as f:
+        if json.load(f).get('lora_rank'):
+          raise FlagValueError(
+              f'--init_from_workdir={workdir!r} is a LoRA run (its checkpoints hold adapters '
+              'only); export it with python -m experiments.export and pass the export as '
+              '--init_from_hf')
     source = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
     restored = source.restore(None)
     source.close()

@@ -249,8 +249,9 @@ class LossConfig:
 def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg: LossConfig,
                    *, group_size: int, num_epochs: int = 1, num_minibatches: int = 1,
                    max_new_tokens: int | None = None, shuffle: bool = True,
-                   donate: bool = True) -> Callable[..., Any]:
-  """Builds `update(state, ref_params, batch, key) -> (state, metrics)`, jitted.
+                   donate: bool = True, combine: Callable[[Any, Any], Any] | None = None
+                   ) -> Callable[..., Any]:
+  """Builds `update(state, ref_params, batch, key, frozen=None) -> (state, metrics)`, jitted.
 
   Args:
     graphdef: the model's graph definition (`nnx.split(model)[0]`; the state it is merged
@@ -264,6 +265,9 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
       (default: the full sequence length L).
     shuffle: permute the groups before splitting each epoch into mini-batches.
     donate: donate the input state's buffers.
+    combine: `combine(params, frozen) -> model state`, for a policy whose trainable part
+      (`state.params`, `ref_params`: e.g. LoRA adapters, `rljax.models.lora.merge`) is
+      combined with a frozen part passed as `frozen` (not donated, no gradient).
 
   Returns:
     A jitted function. `batch` is a `TrainBatch` whose leading dimension may be sharded over the
@@ -278,7 +282,9 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
                      f'{num_minibatches}')
   loss_fn = _make_loss_fn(graphdef, cfg, group_size)
 
-  def update(state: TrainState, ref_params: Any, batch: TrainBatch, key: jax.Array):
+  def update(state: TrainState, ref_params: Any, batch: TrainBatch, key: jax.Array,
+             frozen: Any = None):
+    full = (lambda p: p) if combine is None else (lambda p: combine(p, frozen))
     b = batch.sample.tokens.shape[0]
     if b % group_size:
       raise ValueError(f'batch size {b} is not a multiple of group_size={group_size}')
@@ -286,7 +292,9 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
     if num_groups % num_minibatches:
       raise ValueError(f'{num_groups} prompts per batch do not split into '
                        f'num_minibatches={num_minibatches}')
-    data, scored = _score_batch(graphdef, cfg, state.params, ref_params, batch, group_size)
+    data, scored = _score_batch(graphdef, cfg, full(state.params),
+                                None if ref_params is None else full(ref_params), batch,
+                                group_size)
     loss_kwargs = cfg.estimator_kwargs(max_new_tokens or batch.sample.tokens.shape[1])
     key_perm, key_loss = jax.random.split(key)
     rows = _minibatch_rows(key_perm, num_groups, group_size, num_epochs, num_minibatches,
@@ -297,8 +305,9 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
       params, opt_state, step = carry
       ids, k = xs
       mb = {name: mesh_lib.constrain_batch(jnp.take(x, ids, axis=0)) for name, x in data.items()}
-      (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          params, mb, k, loss_kwargs=loss_kwargs)
+      (_, metrics), grads = jax.value_and_grad(
+          lambda p, *a, **kw: loss_fn(full(p), *a, **kw), has_aux=True)(
+              params, mb, k, loss_kwargs=loss_kwargs)
       metrics['grad_norm'] = optax.global_norm(grads)
       updates, opt_state = tx.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
@@ -439,23 +448,27 @@ def _batch_metrics(cfg: LossConfig, batch: TrainBatch, data, scored,
 
 
 def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                  donate: bool = True) -> Callable[..., Any]:
-  """Builds `step(state, tokens, input_mask, target_mask) -> (state, metrics)`, jitted.
+                  donate: bool = True, combine: Callable[[Any, Any], Any] | None = None
+                  ) -> Callable[..., Any]:
+  """Builds `step(state, tokens, input_mask, target_mask, frozen=None) -> (state, metrics)`.
 
   Supervised warm start: minimises the token-mean negative log-likelihood of the target tokens
-  (the demonstrations), `-Σ m_t log p(y_t | y_<t) / Σ m_t`, over the global batch.
+  (the demonstrations), `-Σ m_t log p(y_t | y_<t) / Σ m_t`, over the global batch. `combine`
+  as in `make_rl_update`: the model is `combine(state.params, frozen)`. Jitted.
   """
 
-  def loss_fn(params, tokens, input_mask, target_mask):
+  def loss_fn(params, tokens, input_mask, target_mask, frozen):
+    if combine is not None:
+      params = combine(params, frozen)
     logp = score_fn(graphdef, params, tokens, input_mask, target_mask)
     m = target_mask.astype(jnp.float32)
     nll = -jnp.sum(logp * m) / jnp.maximum(jnp.sum(m), 1.0)
     return nll, {'sft/nll': nll,
                  'sft/token_accuracy_proxy': rljax.masked_mean(jnp.exp(logp), m)}
 
-  def step(state: TrainState, tokens, input_mask, target_mask):
+  def step(state: TrainState, tokens, input_mask, target_mask, frozen=None):
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, tokens, input_mask, target_mask)
+        state.params, tokens, input_mask, target_mask, frozen)
     metrics['sft/grad_norm'] = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
