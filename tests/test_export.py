@@ -176,7 +176,7 @@ def test_a_full_finetuning_run_exports_its_parameters(tmp_path):
   ckpt.close()
   harness.close()
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    json.dump(dataclasses.asdict(config), f)
+    json.dump(dataclasses.asdict(harness.config), f)  # As the launcher writes it.
   result = export_lib.export(workdir, str(tmp_path / 'hf'))
   assert result['step'] == 1 and result['lora_rank'] == 0
   tensors = load_file(str(tmp_path / 'hf' / 'model.safetensors'))
