@@ -51,8 +51,14 @@ def build_tokenizer(config: Config, texts: Sequence[str], workdir: str):
   prefix = os.path.join(workdir, 'tokenizer')
   if os.path.exists(prefix + '.model'):
     return tok_lib.Tokenizer.load(prefix + '.model')
-  return tok_lib.Tokenizer.train(list(texts), vocab_size=config.vocab_size,
-                                 model_type=config.tokenizer, model_prefix=prefix)
+  # In a multi-process run process 0 trains and writes it; the others load its file.
+  from experiments import distributed  # pylint: disable=g-import-not-at-top
+  tok = None
+  if distributed.is_main_process():
+    tok = tok_lib.Tokenizer.train(list(texts), vocab_size=config.vocab_size,
+                                  model_type=config.tokenizer, model_prefix=prefix)
+  distributed.barrier('tokenizer')
+  return tok if tok is not None else tok_lib.Tokenizer.load(prefix + '.model')
 
 
 def tokenizer_texts(task) -> list[str]:

@@ -33,7 +33,7 @@ def make_draw(harness, params, arms: np.ndarray, times: dict[str, float]) -> Cal
     ids = np.repeat(d.pool_ids[arms], per_prompt, axis=0)
     mask = np.repeat(d.pool_mask[arms], per_prompt, axis=0)
     ids, mask = mesh_lib.shard_batch((ids, mask), harness.mesh)
-    host = jax.device_get(harness.sampler(c.temperature)(params, ids, mask, key))
+    host = mesh_lib.fetch(harness.sampler(c.temperature)(params, ids, mask, key))
     t1 = time.perf_counter()
     texts = d.tok.decode_batch(host.tokens, host.completion_mask)
     rewards, correct = d.task.grade_batch([p for p in prompts for _ in range(per_prompt)], texts)
@@ -81,7 +81,7 @@ def rl_step(harness, state: dict, rl_step_index: int, rl_key) -> tuple[dict, dic
   state = dict(state, train=train, curriculum=cstate)
   if stale:
     state['stale'] = stale
-  m = {k: float(v) for k, v in jax.device_get(m).items()}  # Also ends this step's work.
+  m = {k: float(v) for k, v in mesh_lib.fetch(m).items()}  # Also ends this step's work.
   t_end = time.perf_counter()
   m.update(collected.metrics)
   m.update({

@@ -303,7 +303,7 @@ class Harness:
     writer = metrics_lib.create_default_writer(
         self.workdir, total_steps=self.total_steps, console=c.console,
         tensorboard=c.tensorboard, resume_step=step if resumed else None)
-    if not resumed:
+    if not resumed and metrics_lib.is_writer_process():
       with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
         json.dump(dataclasses.asdict(c), f, indent=1)
       writer.write_text(0, f'policy: {self.model_config}')
@@ -338,8 +338,9 @@ class Harness:
         run.save(step, state, 'done')
     self.checkpointer.close()
     summary = self._summary(run.evals, run.wall_time())
-    with open(os.path.join(self.workdir, 'summary.json'), 'w') as f:
-      json.dump(summary, f, indent=1)
+    if metrics_lib.is_writer_process():
+      with open(os.path.join(self.workdir, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=1)
     run.writer.write_text(step, summary['text'])  # The console writer prints it.
     run.writer.close()
     self.final_state = state
