@@ -78,6 +78,7 @@ def rl_step(harness, state: dict, rl_step_index: int, rl_key) -> tuple[dict, dic
   rewards = np.asarray(collected.rewards)
   cstate = harness.curriculum.update(cstate, jnp.asarray(arms),
                                      jnp.asarray(rewards.reshape(-1, c.group_size)))
+  cstate = mesh_lib.replicate(cstate, harness.mesh)  # the curriculum's jit leaves it on one device
   state = dict(state, train=train, curriculum=cstate)
   if stale:
     state['stale'] = stale

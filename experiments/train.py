@@ -259,13 +259,15 @@ class Harness:
       train = ts_lib.init_train_state(params, self.sft_tx, self.mesh)
       return {'train': train, 'rng': _key_data(self.base_key)}
     train = ts_lib.init_train_state(params, self.rl_tx, self.mesh)
-    return {'train': train, 'ref_params': params, 'curriculum': self.curriculum.init(),
+    return {'train': train, 'ref_params': params,
+            'curriculum': mesh_lib.replicate(self.curriculum.init(), self.mesh),
             'rng': _key_data(self.base_key), **self._stale_policies(params)}
 
   def _enter_rl(self, params) -> dict[str, Any]:
     ref = jax.device_put(jax.tree.map(jnp.copy, params), self.param_shardings)
     return {'train': ts_lib.init_train_state(params, self.rl_tx, self.mesh), 'ref_params': ref,
-            'curriculum': self.curriculum.init(), 'rng': _key_data(self.base_key),
+            'curriculum': mesh_lib.replicate(self.curriculum.init(), self.mesh),
+            'rng': _key_data(self.base_key),
             **self._stale_policies(params)}
 
   def _stale_policies(self, params) -> dict[str, Any]:

@@ -210,6 +210,20 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
   return jax.tree_util.tree_map_with_path(put, batch)
 
 
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Host values (the same on every process) as arrays replicated over the whole mesh.
+
+  Small loop state such as a curriculum's lives on one device of each process; orbax saves
+  only arrays that span the mesh once several processes share it, and jit under the mesh
+  context accepts them on every mesh.
+  """
+  def put(x):
+    x = np.asarray(fetch(x))
+    return jax.make_array_from_callback(x.shape, replicated(mesh), lambda index: x[index])
+
+  return jax.tree.map(put, tree)
+
+
 def fetch(tree: Any) -> Any:
   """`jax.device_get` that also works on arrays spanning other processes' devices.
 
