@@ -71,9 +71,13 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
-def barrier(name: str) -> None:
-  """Waits until every process reaches the barrier `name` (nothing to wait for on one process)."""
+def barrier(name: str, timeout_s: int = 600) -> None:
+  """Waits until every process reaches the barrier `name` (a no-op for one process).
+
+  It waits on the coordinator's barrier (orbax's `get_barrier_sync_fn`), not on a device
+  collective, so it runs before any computation has set up the cross-process collectives.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(name)
+    from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
+    multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)

@@ -5,7 +5,8 @@ Two local CPU processes (4 devices each, loopback coordinator) run
 steps with evaluations before and after, and then resume from a checkpoint (every process
 restores). Their metrics and summary equal those of one process with 8 devices and the same
 flags. The float metrics agree to 1e-5 (cross-process reductions may add in another order);
-what the sampled tokens decide (rewards, lengths, accuracy) is equal exactly. Only process 0 writes: each record of metrics.jsonl appears once.
+what the sampled tokens decide (rewards, lengths, accuracy) is equal exactly. Only process 0 writes: each record of metrics.jsonl appears
+once.
 
 Subprocesses, because `jax.distributed.initialize` must run before JAX touches a device and
 only once per process; every one has a timeout so a hang fails the test instead of blocking CI.
@@ -20,6 +21,8 @@ import subprocess
 import sys
 
 import pytest
+
+from experiments import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 300
@@ -137,3 +140,22 @@ def test_two_processes_resume_from_a_checkpoint_every_process_restores(runs):
   want, got = _evals(one), _evals(two)
   for name in want:
     _assert_same(got[name], want[name], f'resumed {name}')
+
+
+@pytest.mark.parametrize('args, pattern', [
+    (('off', 'localhost:1234', None, 0), r'--coordinator_address=.* also needs --num_processes'),
+    (('off', None, 2, 0), r'--num_processes / --process_id need --coordinator_address'),
+    (('off', 'localhost:1234', 2, 2), r'--process_id=2 must be < --num_processes=2'),
+    (('off', 'localhost', 2, 0), r"--coordinator_address='localhost' must be host:port"),
+    (('auto', None, 0, None), r'--num_processes=0 must be >= 1'),
+])
+def test_inconsistent_distributed_flags_are_named(args, pattern):
+  with pytest.raises(ValueError, match=pattern):
+    distributed.validate(*args)
+
+
+def test_distributed_flags_that_start_nothing_or_let_jax_detect_the_cluster_are_valid():
+  distributed.validate('off', None, None, None)
+  distributed.validate('auto', None, None, None)
+  distributed.validate('off', 'localhost:1234', 2, 1)
+  assert distributed.initialize('off') is False  # one process: jax.distributed is not started
