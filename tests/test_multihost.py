@@ -2,11 +2,12 @@
 
 Two local CPU processes (4 devices each, loopback coordinator) run
 `python -m experiments.launch` on one 2x2x2 (data x fsdp x tensor) mesh of 8 devices: 2 RL
-steps with evaluations before and after, and then resume from a checkpoint (every process
-restores). Their metrics and summary equal those of one process with 8 devices and the same
-flags. The float metrics agree to 1e-5 (cross-process reductions may add in another order);
-what the sampled tokens decide (rewards, lengths, accuracy) is equal exactly. Only process 0 writes: each record of metrics.jsonl appears
-once.
+steps with evaluations before and after; a restart restores the final checkpoint on every
+process (and, marked slow, resumes training from an earlier one). Their metrics and summary
+equal those of one process with 8 devices and the same flags. The float metrics agree to 1e-5
+(cross-process reductions may add in another order); what the sampled tokens decide (rewards,
+lengths, accuracy) is equal exactly. Only process 0 writes: each record of metrics.jsonl
+appears once.
 
 Subprocesses, because `jax.distributed.initialize` must run before JAX touches a device and
 only once per process; every one has a timeout so a hang fails the test instead of blocking CI.
@@ -127,7 +128,20 @@ def test_two_processes_evaluate_as_one(runs):
     assert json.load(f)['mesh_tensor'] == 2
 
 
-def test_two_processes_resume_from_a_checkpoint_every_process_restores(runs):
+def test_two_processes_restore_the_final_checkpoint_on_every_process(runs):
+  one, two = runs
+  # A restart of a finished run restores its last checkpoint (sharded over both processes'
+  # devices) on both processes and writes the summary again from what it restored.
+  os.remove(os.path.join(two, 'summary.json'))
+  _launch(two, 2)
+  assert [r['step'] for r in _records(two)] == [r['step'] for r in _records(one)]
+  want, got = _evals(one), _evals(two)
+  for name in want:
+    _assert_same(got[name], want[name], f'restored {name}')
+
+
+@pytest.mark.slow
+def test_two_processes_resume_training_from_a_checkpoint(runs):
   one, two = runs
   # Without the final checkpoint the restart restores step 1 (an RL step) on both processes
   # and runs the last RL step and the final evaluation again.
