@@ -23,7 +23,9 @@ def make_draw(harness, params, arms: np.ndarray, times: dict[str, float]) -> Cal
 
   `draw` samples `per_prompt` completions of each prompt (prompt-major) with the rollout
   sampler and grades each once; it returns ``(host sample, rewards float32[P * per_prompt],
-  correct bool[P * per_prompt])`` and adds its sampling and grading seconds to `times`.
+  correct bool[P * per_prompt])`` and adds its sampling and grading seconds to `times`. With
+  several processes each one feeds its own devices' rows of the prompts (`shard_batch`) and
+  gathers the whole sample (`fetch`), so every process grades the same global batch.
   """
   c, d = harness.config, harness.data
   prompts = [d.pool_prompts[a] for a in arms]
