@@ -78,8 +78,14 @@ def _load_tokenizer(config: Config, texts: Sequence[str], workdir: str):
   prefix = os.path.join(workdir, 'tokenizer')
   if os.path.exists(prefix + '.model'):
     return tok_lib.Tokenizer.load(prefix + '.model'), flag
-  return tok_lib.Tokenizer.train(list(texts), vocab_size=config.vocab_size,
-                                 model_type=config.tokenizer, model_prefix=prefix), flag
+  # In a multi-process run process 0 trains and writes it; the others load its file.
+  from experiments import distributed  # pylint: disable=g-import-not-at-top
+  tok = None
+  if distributed.is_main_process():
+    tok = tok_lib.Tokenizer.train(list(texts), vocab_size=config.vocab_size,
+                                  model_type=config.tokenizer, model_prefix=prefix)
+  distributed.barrier('tokenizer')
+  return (tok if tok is not None else tok_lib.Tokenizer.load(prefix + '.model')), flag
 
 
 def tokenizer_texts(task) -> list[str]:

@@ -40,7 +40,7 @@ def sample_texts(fn, params, data, ids: np.ndarray, mask: np.ndarray, key, *, ch
   texts, lengths, stopped = [], [], []
   for i in range(0, rows + pad, chunk):
     batch = mesh_lib.shard_batch((ids[i:i + chunk], mask[i:i + chunk]), mesh)
-    out = jax.device_get(fn(params, batch[0], batch[1], jax.random.fold_in(key, i)))
+    out = mesh_lib.fetch(fn(params, batch[0], batch[1], jax.random.fold_in(key, i)))
     texts += data.tok.decode_batch(out.tokens, out.completion_mask)
     lengths += list(out.lengths)
     stopped += list(out.stopped)

@@ -24,12 +24,22 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import distributed
+
 from experiments import config as config_lib
 
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the summary '
                     '(a run restarted in the same workdir resumes).')
 flags.mark_flag_as_required('workdir')
 config_lib.define_flags()
+# Multi-process runs (experiments/distributed.py): the same command on every process.
+flags.DEFINE_enum('distributed', 'off', ['off', 'auto'],
+                  "'auto': jax.distributed.initialize() detects the cluster from the environment "
+                  "(Cloud TPU, SLURM, Open MPI, Kubernetes); 'off': one process unless "
+                  '--coordinator_address is given.')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, e.g. localhost:1234.')
+flags.DEFINE_integer('num_processes', None, 'Number of processes of a multi-process run.')
+flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
 
 FLAGS = flags.FLAGS
 
@@ -39,6 +49,8 @@ def main(argv):
     raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
   try:
     config = config_lib.config_from_flags(FLAGS)
+    distributed.validate(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
+                         FLAGS.process_id)
   except ValueError as e:
     # Same form as absl's own flag errors; exit status 2 (usage error).
     sys.stderr.write(f'FATAL Flags parsing error: {e}\n'
@@ -46,6 +58,9 @@ def main(argv):
     sys.exit(2)
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO.
+  # Before anything touches a device; validation above touches none.
+  distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
+                         FLAGS.process_id)
   # Imported after validation so that a bad flag fails before JAX starts.
   from experiments import train  # pylint: disable=g-import-not-at-top
   try:

@@ -23,7 +23,9 @@ def make_draw(harness, params, arms: np.ndarray, times: dict[str, float]) -> Cal
 
   `draw` samples `per_prompt` completions of each prompt (prompt-major) with the rollout
   sampler and grades each once; it returns ``(host sample, rewards float32[P * per_prompt],
-  correct bool[P * per_prompt])`` and adds its sampling and grading seconds to `times`.
+  correct bool[P * per_prompt])`` and adds its sampling and grading seconds to `times`. With
+  several processes each one feeds its own devices' rows of the prompts (`shard_batch`) and
+  gathers the whole sample (`fetch`), so every process grades the same global batch.
   """
   c, d = harness.config, harness.data
   prompts = [d.pool_prompts[a] for a in arms]
@@ -33,7 +35,7 @@ def make_draw(harness, params, arms: np.ndarray, times: dict[str, float]) -> Cal
     ids = np.repeat(d.pool_ids[arms], per_prompt, axis=0)
     mask = np.repeat(d.pool_mask[arms], per_prompt, axis=0)
     ids, mask = mesh_lib.shard_batch((ids, mask), harness.mesh)
-    host = jax.device_get(harness.sampler(c.temperature)(params, ids, mask, key))
+    host = mesh_lib.fetch(harness.sampler(c.temperature)(params, ids, mask, key))
     t1 = time.perf_counter()
     texts = d.tok.decode_batch(host.tokens, host.completion_mask)
     rewards, correct = d.task.grade_batch([p for p in prompts for _ in range(per_prompt)], texts)
@@ -79,10 +81,11 @@ def rl_step(harness, state: dict, rl_step_index: int, rl_key) -> tuple[dict, dic
   rewards = np.asarray(collected.rewards)
   cstate = harness.curriculum.update(cstate, jnp.asarray(arms),
                                      jnp.asarray(rewards.reshape(-1, c.group_size)))
+  cstate = mesh_lib.replicate(cstate, harness.mesh)  # the curriculum's jit leaves it on one device
   state = dict(state, train=train, curriculum=cstate)
   if stale:
     state['stale'] = stale
-  m = {k: float(v) for k, v in jax.device_get(m).items()}  # Also ends this step's work.
+  m = {k: float(v) for k, v in mesh_lib.fetch(m).items()}  # Also ends this step's work.
   t_end = time.perf_counter()
   m.update(collected.metrics)
   if errors_before is not None:

@@ -364,13 +364,15 @@ class Harness:
       train = ts_lib.init_train_state(params, self.sft_tx, self.mesh)
       return {'train': train, 'rng': _key_data(self.base_key)}
     train = ts_lib.init_train_state(params, self.rl_tx, self.mesh)
-    return {'train': train, 'ref_params': params, 'curriculum': self.curriculum.init(),
+    return {'train': train, 'ref_params': params,
+            'curriculum': mesh_lib.replicate(self.curriculum.init(), self.mesh),
             'rng': _key_data(self.base_key), **self._stale_policies(params)}
 
   def _enter_rl(self, params) -> dict[str, Any]:
     ref = jax.device_put(jax.tree.map(jnp.copy, params), self.param_shardings)
     return {'train': ts_lib.init_train_state(params, self.rl_tx, self.mesh), 'ref_params': ref,
-            'curriculum': self.curriculum.init(), 'rng': _key_data(self.base_key),
+            'curriculum': mesh_lib.replicate(self.curriculum.init(), self.mesh),
+            'rng': _key_data(self.base_key),
             **self._stale_policies(params)}
 
   def _stale_policies(self, params) -> dict[str, Any]:
@@ -415,8 +417,9 @@ class Harness:
     # Rewritten on every start: a continuation may have grown --rl_steps, changed a flag of
     # continuation.RUN_INVARIANT_FLAGS or (with --override) others, and the next one compares
     # with this run.
-    with open(os.path.join(self.workdir, continuation.CONFIG_NAME), 'w') as f:
-      json.dump(dataclasses.asdict(c), f, indent=1)
+    if metrics_lib.is_writer_process():
+      with open(os.path.join(self.workdir, continuation.CONFIG_NAME), 'w') as f:
+        json.dump(dataclasses.asdict(c), f, indent=1)
     if not resumed:
       writer.write_text(0, f'policy: {self.model_config}')
     elif self.config_changes:
@@ -466,8 +469,9 @@ class Harness:
         run.save(step, state, 'done')
     self.checkpointer.close()
     summary = self._summary(run.evals, run.wall_time())
-    with open(os.path.join(self.workdir, 'summary.json'), 'w') as f:
-      json.dump(summary, f, indent=1)
+    if metrics_lib.is_writer_process():
+      with open(os.path.join(self.workdir, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=1)
     run.writer.write_text(step, summary['text'])  # The console writer prints it.
     run.writer.close()
     self.final_state = state

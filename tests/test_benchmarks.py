@@ -71,3 +71,16 @@ def test_sampler_breakdown_runs():
   for name in ('full sampler', 'without attention', 'without rotary embeddings',
                'without sampling (argmax)'):
     assert re.search(rf'^{re.escape(name)} +[\d.]+ ms per step', out, re.M), out
+
+
+def test_scaling_benchmark_runs_and_shards_the_parameters():
+  out = _run('scaling.py', '--quick')
+  rows = {m.group(1): m.group(2).split() for m in
+          re.finditer(r'^ +(1|2x2x2) +(\d+\.\d+ .*)$', out, re.M) if 'HLO' not in m.group(2)}
+  assert sorted(rows) == ['1', '2x2x2'], out
+  # columns: step s, tok/s, params MiB, optim MiB, 2 temps, XLA GFLOP, model GFLOP, ratio, MB
+  one, mesh = (float(v) for v in rows['1'][2:4]), (float(v) for v in rows['2x2x2'][2:4])
+  for full, shard in zip(one, mesh):
+    assert full / 4.5 < shard < full / 3, out  # fsdp x tensor = 4, norms and biases replicated
+  for row in rows.values():
+    assert 0.9 < float(row[8]) < 1.5, out  # XLA's FLOPs against the model's

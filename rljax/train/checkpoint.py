@@ -38,6 +38,7 @@ import warnings
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -176,6 +177,11 @@ def _like(template, restored):
 
 def _check_finite(state: Any) -> None:
   for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+      # Spans other processes' devices: reduce on the devices, read the replicated answer.
+      if jnp.issubdtype(leaf.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(leaf))):
+        raise ValueError(f'non-finite values in restored {jax.tree_util.keystr(path)}')
+      continue
     arr = np.asarray(leaf)
     if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
       raise ValueError(f'non-finite values in restored {jax.tree_util.keystr(path)}')

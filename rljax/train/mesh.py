@@ -183,22 +183,57 @@ def param_shardings(params: Any, mesh: Mesh, rules: PartitionRules = DEFAULT_RUL
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
   """Places host arrays of a batch pytree on the mesh, leading dimension over the batch axes.
 
-  Scalars (0-d leaves) are replicated. Raises ValueError naming the field whose batch dimension
-  does not divide the batch axes.
+  Every process passes the same global host arrays (the data is deterministic from the seed);
+  each one transfers only the rows of its own devices (`jax.make_array_from_callback` with the
+  global shape), so the global array equals the one-process run's. Scalars (0-d leaves) are
+  replicated. Raises ValueError naming the field whose batch dimension does not divide the batch
+  axes.
   """
   multiple = batch_size_multiple(mesh)
 
   def put(path, x):
-    x = np.asarray(x) if not isinstance(x, jax.Array) else x
-    if x.ndim == 0:
-      return jax.device_put(x, replicated(mesh))
-    if x.shape[0] % multiple:
+    if isinstance(x, jax.Array):
+      return jax.device_put(x, replicated(mesh) if x.ndim == 0 else batch_sharding(mesh, x.ndim))
+    x = np.asarray(x)
+    if x.ndim and x.shape[0] % multiple:
       raise ValueError(
           f'batch field {_path_str(path)!r} has leading dimension {x.shape[0]}, which is not a '
           f'multiple of the batch mesh axes data x fsdp = {multiple}')
-    return jax.device_put(x, batch_sharding(mesh, x.ndim))
+    sharding = replicated(mesh) if x.ndim == 0 else batch_sharding(mesh, x.ndim)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
   return jax.tree_util.tree_map_with_path(put, batch)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Host values (the same on every process) as arrays replicated over the whole mesh.
+
+  Small loop state such as a curriculum's lives on one device of each process; orbax saves
+  only arrays that span the mesh once several processes share it, and jit under the mesh
+  context accepts them on every mesh.
+  """
+  def put(x):
+    x = np.asarray(fetch(x))
+    return jax.make_array_from_callback(x.shape, replicated(mesh), lambda index: x[index])
+
+  return jax.tree.map(put, tree)
+
+
+def fetch(tree: Any) -> Any:
+  """`jax.device_get` that also works on arrays spanning other processes' devices.
+
+  An array that is not fully addressable is gathered from every process
+  (`multihost_utils.process_allgather`, a collective every process must call); the others are
+  copied to the host as they are. Every process gets the same global NumPy arrays.
+  """
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+      return multihost_utils.process_allgather(x, tiled=True)
+    return jax.device_get(x)
+
+  return jax.tree.map(get, tree)
 
 
 def constrain_batch(x: jax.Array) -> jax.Array:

@@ -37,7 +37,8 @@ def _to_float(value: Any) -> float:
   return float(arr.reshape(()))
 
 
-def _is_writer_process() -> bool:
+def is_writer_process() -> bool:
+  """True on process 0, the one process that writes metrics, summaries and config files."""
   try:
     import jax  # pylint: disable=g-import-not-at-top
     return jax.process_index() == 0
@@ -208,7 +209,7 @@ def create_default_writer(workdir: str, *, total_steps: int, console: bool = Tru
   Returns:
     A `MetricWriter`.
   """
-  writer_process = _is_writer_process() if just_logging is None else not just_logging
+  writer_process = is_writer_process() if just_logging is None else not just_logging
   if not writer_process:
     return NullWriter()
   writers: list[MetricWriter] = []
