@@ -24,12 +24,12 @@ tunix's default 'sequence-mean-token-mean' is kept and noted below), one AdamW s
 betas 0.9/0.999, eps 1e-8, no weight decay, gradient clipping at norm 1), no KL, no reference.
 
 Differences in work that remain:
-  * passes: rljax runs one sampler jit (one prefill per prompt, shared by its 8 completions)
-    and one differentiated pass over the completion columns (the old log-probs are its
-    stop-gradient); TRL prefills every completion row and its `generate` has no shared
-    prefill; with `num_iterations=1` it too skips the old-log-prob pass and applies the output
-    layer to completion positions only; tunix computes the old log-probs with a separate
-    forward pass and scores with its own logits layout;
+  * passes: all three skip the old-log-prob pass (one epoch, one mini-batch: the anchor is the
+    detached current log-probs) and score no reference (beta / kl_coef 0). rljax prefills each
+    prompt once for its 8 completions and applies the output layer to the completion columns
+    only; TRL prefills every completion row (`generate` on repeated prompts) and applies the
+    output layer to the completion positions (`logits_to_keep`); tunix prefills every row and
+    computes the logits of every position before slicing the completion's;
   * generation stops in all three when every row has emitted `<eos>` or at N tokens; with a
     random model that is almost always N tokens;
   * tunix's loss aggregation is per sequence then mean (`loss_agg_mode` default), the others
@@ -40,7 +40,8 @@ Timing: each system lives in its own process with `--threads` CPU threads (affin
 intra-op threads); after `--warmup` untimed steps (compilation, first allocations) the systems
 run in alternating blocks of `--steps` steps (`--blocks` rounds), so load from other processes
 falls on every system. Reported per system: median step time with the range of the block
-medians, the rollout (sampling + reward) / update split, the first step's time less the median
+medians, the rollout (sampling + reward) / update split, the process CPU seconds per step (all
+threads; less sensitive to other processes' load than wall time), the first step's time less the median
 ("compile", for rljax the two jits; for TRL/tunix their warm-up), the process's peak resident
 memory, and each peer's median step over rljax's (the throughput ratio). In the long-prompt
 setting rljax's rollout is also timed with every prompt repeated G times (no shared prefill).
@@ -384,7 +385,7 @@ def _serve(name, conn, ckpt, spec, threads):
         k = conn.recv()
         if not k:
           break
-        conn.send([step() for _ in range(k)])
+        conn.send([_with_cpu_time(step) for _ in range(k)])
       peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
       conn.send({'peak_rss_mib': peak, 'extra': extra() if extra else None})
   except BaseException as e:  # pylint: disable=broad-except
@@ -392,6 +393,13 @@ def _serve(name, conn, ckpt, spec, threads):
                'trace': traceback.format_exc(limit=6)})
   conn.close()
   os._exit(0)  # pylint: disable=protected-access  (TRL's training thread never returns)
+
+
+def _with_cpu_time(step):
+  """`step()`'s times and the CPU seconds of this process (all its threads) it took."""
+  c0 = time.process_time()
+  out = step()
+  return dict(out, cpu=time.process_time() - c0)
 
 
 class _System:
@@ -462,7 +470,7 @@ def summarize(s: _System) -> dict:
   blocks = [statistics.median(x['step'] for x in block) for block in s.steps]
   warm = s.info.get('warmup') or []
   out = {'step': med('step'), 'block_min': min(blocks), 'block_max': max(blocks),
-         'rollout': med('rollout'), 'update': med('update'),
+         'rollout': med('rollout'), 'update': med('update'), 'cpu': med('cpu'),
          'compile': (warm[0]['step'] - med('step')) if warm else float('nan'),
          'peak_rss_mib': s.info.get('peak_rss_mib', float('nan'))}
   if s.info.get('extra'):
@@ -474,7 +482,7 @@ def report(name: str, spec: dict, results: dict) -> None:
   print(f'\n== {name}: {spec["num_prompts"]} prompts x {spec["group_size"]} completions, '
         f'{spec["prompt_len"]}-token prompts, {spec["new_tokens"]} new tokens')
   print(f'{"system":8s} {"step s (block range)":>24s} {"rollout s":>10s} {"update s":>9s} '
-        f'{"compile s":>10s} {"peak MiB":>9s} {"rljax speed-up":>15s}')
+        f'{"cpu s":>6s} {"compile s":>10s} {"peak MiB":>9s} {"rljax speed-up":>15s}')
   base = results.get('rljax', {}).get('step')
   for system, r in results.items():
     if 'error' in r:
@@ -482,7 +490,7 @@ def report(name: str, spec: dict, results: dict) -> None:
       continue
     ratio = f'{r["step"] / base:.2f}x' if base and system != 'rljax' else ''
     rng = f'{r["step"]:.3f} ({r["block_min"]:.3f}-{r["block_max"]:.3f})'
-    print(f'{system:8s} {rng:>24s} {r["rollout"]:10.3f} {r["update"]:9.3f} '
+    print(f'{system:8s} {rng:>24s} {r["rollout"]:10.3f} {r["update"]:9.3f} {r["cpu"]:6.2f} '
           f'{r["compile"]:10.2f} {r["peak_rss_mib"]:9.0f} {ratio:>15s}')
     for variant, t in (r.get('rollout_variants') or {}).items():
       print(f'{"":8s} sampler alone, {variant}: {t:.3f} s')

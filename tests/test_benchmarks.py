@@ -71,3 +71,13 @@ def test_sampler_breakdown_runs():
   for name in ('full sampler', 'without attention', 'without rotary embeddings',
                'without sampling (argmax)'):
     assert re.search(rf'^{re.escape(name)} +[\d.]+ ms per step', out, re.M), out
+
+
+@needs_torch
+def test_rl_step_benchmark_runs():
+  # rljax alone (TRL and tunix are not test dependencies); the long-prompt setting also times
+  # the sampler with and without the shared prefill.
+  out = _run('rl_step.py', '--quick', '--peers', '', '--setting', 'long')
+  assert re.search(r'^rljax +[\d.]+ \([\d.]+-[\d.]+\)( +-?[\d.]+){4} ', out, re.M), out
+  for variant in ('shared_prefill', 'repeated_prompts'):
+    assert re.search(rf'sampler alone, {variant}: [\d.]+ s', out), out
