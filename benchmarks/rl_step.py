@@ -50,6 +50,7 @@ Usage:
   python benchmarks/rl_step.py                       # 8 x 8 x 64, every system
   python benchmarks/rl_step.py --setting decode      # 256 new tokens
   python benchmarks/rl_step.py --setting long        # 256-token prompts, group size 8
+  python benchmarks/rl_step.py --ynn-fusion          # XLA CPU's YNN dot/reduce fusion on
   python benchmarks/rl_step.py --quick --peers ''    # smoke test of rljax alone
 """
 
@@ -77,6 +78,9 @@ MODEL = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_ke
              intermediate_size=1024, vocab_size=512, rope_theta=1e6)
 SPECIALS = ('<pad>', '<unk>', '<eos>', '<bos>')
 LEARNING_RATE = 1e-6
+# An XLA CPU option that speeds the train step up (see benchmarks/train_step.py); the launcher
+# does not set it, so it is off unless asked for.
+YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type=dot,reduce'
 
 
 def _parse_args(argv=None):
@@ -89,6 +93,8 @@ def _parse_args(argv=None):
   p.add_argument('--threads', type=int, default=2, help='CPU threads per system')
   p.add_argument('--quick', action='store_true', help='tiny shapes, 1 block of 1 step')
   p.add_argument('--json', default='', help='also write the results to this file')
+  p.add_argument('--ynn-fusion', action='store_true',
+                 help=f'append {YNN_FLAG} to XLA_FLAGS of the JAX systems (rljax, tunix)')
   args = p.parse_args(argv)
   args.peers = [x for x in args.peers.split(',') if x]
   for peer in args.peers:
@@ -498,6 +504,8 @@ def report(name: str, spec: dict, results: dict) -> None:
 
 def main(argv=None):
   args = _parse_args(argv)
+  if args.ynn_fusion:  # inherited by the spawned processes, which import JAX themselves
+    os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {YNN_FLAG}'.strip()
   names = tuple(SETTINGS) if args.setting == 'all' else (args.setting,)
   everything = {}
   for name in names:
