@@ -32,10 +32,13 @@ def make_draw(harness, params, arms: np.ndarray, times: dict[str, float]) -> Cal
 
   def draw(key, per_prompt: int):
     t0 = time.perf_counter()
-    ids = np.repeat(d.pool_ids[arms], per_prompt, axis=0)
-    mask = np.repeat(d.pool_mask[arms], per_prompt, axis=0)
+    # Each prompt once, prefilled once for its group, when the prompts alone split over the
+    # mesh's batch axes; else every prompt repeated per_prompt times.
+    shared = per_prompt if len(arms) % mesh_lib.batch_size_multiple(harness.mesh) == 0 else 1
+    ids = np.repeat(d.pool_ids[arms], per_prompt // shared, axis=0)
+    mask = np.repeat(d.pool_mask[arms], per_prompt // shared, axis=0)
     ids, mask = mesh_lib.shard_batch((ids, mask), harness.mesh)
-    host = mesh_lib.fetch(harness.sampler(c.temperature)(params, ids, mask, key))
+    host = mesh_lib.fetch(harness.sampler(c.temperature, shared)(params, ids, mask, key))
     t1 = time.perf_counter()
     texts = d.tok.decode_batch(host.tokens, host.completion_mask)
     rewards, correct = d.task.grade_batch([p for p in prompts for _ in range(per_prompt)], texts)

@@ -290,10 +290,14 @@ class Harness:
           max_new_tokens=c.max_new_tokens, combine=self.combine))
     return self._rl_update
 
-  def sampler(self, temperature: float):
-    """Jitted `(params, prompt_ids, prompt_mask, key) -> sampling.Rollout` at `temperature`."""
+  def sampler(self, temperature: float, group_size: int = 1):
+    """Jitted `(params, prompt_ids, prompt_mask, key) -> sampling.Rollout` at `temperature`.
+
+    With `group_size=G` each prompt row is sampled G times (one shared prefill per prompt).
+    """
     c = self.config
     opts = dict(max_new_tokens=c.max_new_tokens, temperature=float(temperature),
+                group_size=int(group_size),
                 top_k=c.top_k or None, top_p=c.top_p if c.top_p < 1.0 else None,
                 min_p=c.min_p or None, stop_tokens=(int(self.tok.eos_id),),
                 pad_id=int(self.tok.pad_id))

@@ -84,3 +84,13 @@ def test_scaling_benchmark_runs_and_shards_the_parameters():
     assert full / 4.5 < shard < full / 3, out  # fsdp x tensor = 4, norms and biases replicated
   for row in rows.values():
     assert 0.9 < float(row[8]) < 1.5, out  # XLA's FLOPs against the model's
+
+
+@needs_torch
+def test_rl_step_benchmark_runs():
+  # rljax alone (TRL and tunix are not test dependencies); the long-prompt setting also times
+  # the sampler with and without the shared prefill.
+  out = _run('rl_step.py', '--quick', '--peers', '', '--setting', 'long')
+  assert re.search(r'^rljax +[\d.]+ \([\d.]+-[\d.]+\)( +-?[\d.]+){4} ', out, re.M), out
+  for variant in ('shared_prefill', 'repeated_prompts'):
+    assert re.search(rf'sampler alone, {variant}: [\d.]+ s', out), out

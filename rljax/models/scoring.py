@@ -11,6 +11,13 @@ sampler computes them; both are 0 at t = 0, where `mask == 0`, and where no real
 The sampler's `untruncated_logp` equals `score(..., temperature=tau)` (within float32 rounding),
 so a policy update evaluated at the sampling parameters has importance ratio 1.
 
+Completion positions only: with `completion_width=N` the output projection and log-softmax run
+on the last N positions alone (the hidden states of every position are still computed, since
+attention needs them). Prompts are left-padded and the completion fills the last N columns, so
+the completion mask is 0 elsewhere and nothing that is wanted is skipped; log-probs (and
+entropies) before the last N columns are 0 whatever `mask` says there. With a real vocabulary
+(V ~ 150k) and long prompts the projection over the prompt is most of the scoring FLOPs.
+
 Memory: the `[B, L, V]` float32 logits are never materialised at once when they would exceed
 `max_logits_bytes`; the output projection and log-softmax then run over chunks of the sequence
 inside a `lax.map` whose body is rematerialised (`jax.checkpoint`), so the backward pass also
@@ -99,9 +106,21 @@ def logp_from_hidden(hidden: jax.Array, weight: jax.Array, targets: jax.Array, *
   return (logp, entropy) if return_entropy else logp
 
 
+def _scored_start(length: int, completion_width: Optional[int]) -> int:
+  """First column whose log-prob is computed: `L - completion_width` (at least 1)."""
+  if completion_width is None:
+    return 1
+  if not isinstance(completion_width, int) or completion_width < 1:
+    raise ValueError(f"completion_width must be None or an int >= 1, got {completion_width!r}.")
+  if completion_width > length:
+    raise ValueError(f"completion_width={completion_width} exceeds the sequence length "
+                     f"{length}.")
+  return max(length - completion_width, 1)
+
+
 def score(model: Transformer, tokens: jax.Array, input_mask: jax.Array, mask: jax.Array, *,
           temperature: float = 1.0, return_entropy: bool = False,
-          chunk_size: Optional[int] = None):
+          chunk_size: Optional[int] = None, completion_width: Optional[int] = None):
   """Teacher-forced per-token log-probs of `tokens` under `model` (see the module docstring).
 
   `logp[b, t] = log softmax(z_{b,t-1} / temperature)[tokens[b, t]]`, float32, aligned with
@@ -116,6 +135,9 @@ def score(model: Transformer, tokens: jax.Array, input_mask: jax.Array, mask: ja
     temperature: tau > 0; use the sampler's temperature so that ratios are 1 on-policy.
     return_entropy: also return the per-position entropy of the same distribution.
     chunk_size: sequence chunk for the output projection (see `logp_from_hidden`).
+    completion_width: None (score every position), or N: score only the last N columns, where
+      a left-padded prompt's completion lies; columns before them are 0 (see the module
+      docstring).
 
   Returns:
     `logp f32[B, L]`, or `(logp, entropy)` with `entropy f32[B, L]` if `return_entropy`.
@@ -135,16 +157,18 @@ def score(model: Transformer, tokens: jax.Array, input_mask: jax.Array, mask: ja
   check_same_shape("input_mask", input_mask, "tokens", tokens)
   check_same_shape("mask", mask, "tokens", tokens)
   _check_temperature(temperature)
+  start = _scored_start(tokens.shape[1], completion_width)
   input_mask = input_mask.astype(jnp.int32)
   positions = positions_from_mask(input_mask)
   hidden = model.hidden_states(tokens, positions, input_mask)
-  out = logp_from_hidden(hidden[:, :-1], model.output_embedding, tokens[:, 1:],
+  # Column t's distribution comes from position t - 1: project positions start-1 .. L-2 only.
+  out = logp_from_hidden(hidden[:, start - 1:-1], model.output_embedding, tokens[:, start:],
                          temperature=temperature, return_entropy=bool(return_entropy),
                          chunk_size=chunk_size)
   logp, entropy = out if return_entropy else (out, None)
-  has_prefix = jnp.cumsum(input_mask, axis=-1)[:, :-1] > 0
-  keep = (mask[:, 1:] != 0) & has_prefix
-  zero = jnp.zeros((tokens.shape[0], 1), jnp.float32)
+  has_prefix = jnp.cumsum(input_mask, axis=-1)[:, start - 1:-1] > 0
+  keep = (mask[:, start:] != 0) & has_prefix
+  zero = jnp.zeros((tokens.shape[0], start), jnp.float32)
   logp = jnp.concatenate([zero, jnp.where(keep, logp, 0.0)], axis=1)
   if not return_entropy:
     return logp
@@ -154,7 +178,8 @@ def score(model: Transformer, tokens: jax.Array, input_mask: jax.Array, mask: ja
 
 def score_fn(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array,
              input_mask: jax.Array, mask: jax.Array, *, temperature: float = 1.0,
-             return_entropy: bool = False, chunk_size: Optional[int] = None):
+             return_entropy: bool = False, chunk_size: Optional[int] = None,
+             completion_width: Optional[int] = None):
   """`score` on a split model (`graphdef, state = nnx.split(model)`), for use inside `jax.jit`.
 
   Differentiable with respect to `state`:
@@ -162,4 +187,5 @@ def score_fn(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array,
   """
   model = nnx.merge(graphdef, state)
   return score(model, tokens, input_mask, mask, temperature=temperature,
-               return_entropy=return_entropy, chunk_size=chunk_size)
+               return_entropy=return_entropy, chunk_size=chunk_size,
+               completion_width=completion_width)

@@ -6,7 +6,9 @@ One `jax.jit` holds the whole generation:
    `max(cumsum(prompt_mask) - 1, 0)`, padding keys masked); each layer's rotated keys and values
    go into that layer's cache, `k, v: [B, K, S, Dh]` (one pair of arrays per layer, updated in
    place on its own; `rljax.models.decode`). The last prompt position gives the logits
-   of the first new token.
+   of the first new token. With `group_size=G` each prompt is passed once and prefilled once; its
+   logits and cache are then repeated to its G rows (the G completions of a group share the
+   prompt's prefill; rows are prompt-major, as `np.repeat(prompts, G, axis=0)` gives them).
 2. **Decode.** Token t-1 is fed at cache slot `P + t - 1` with position `n_b + t - 1`
    (`n_b` = number of real prompt tokens of row b), its key/value are written with
    `dynamic_update_slice`, and the query attends over the cache. The steps run in a few
@@ -182,7 +184,8 @@ def sample_fn(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array
               temperature: float = 1.0, top_k: Optional[int] = None,
               top_p: Optional[float] = None, min_p: Optional[float] = None,
               stop_tokens: Sequence[int] = (), pad_id: int = 0,
-              segment_size: Optional[int] = None, ablate: Tuple[str, ...] = ()) -> Rollout:
+              segment_size: Optional[int] = None, ablate: Tuple[str, ...] = (),
+              group_size: int = 1) -> Rollout:
   """`sample` on a split model, traceable inside the caller's `jax.jit`.
 
   The keyword options must be static (Python values; `STATIC_ARGNAMES` names them). See
@@ -202,7 +205,9 @@ def sample_fn(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array
                  cfg.vocab_size)
   decode.check_ablate(ablate, ABLATIONS)
   _check_prompt(prompt_tokens, prompt_mask)
+  _check_group_size(group_size)
   b, p = prompt_tokens.shape
+  b *= group_size
   n = max_new_tokens
   prompt_tokens = prompt_tokens.astype(jnp.int32)
   prompt_mask = prompt_mask.astype(jnp.int32)
@@ -216,6 +221,9 @@ def sample_fn(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens: jax.Array
   first_len = p + (segments[0][1] - 1 if segments else 0)
   logits, caches = decode.prefill(cfg, w, prompt_tokens, prompt_mask, first_len, rope,
                                   ablate=model_ablate)
+  if group_size > 1:  # one prefill per prompt, shared by the rows of its group
+    logits, caches, prompt_tokens, prompt_mask = jax.tree.map(
+        lambda x: jnp.repeat(x, group_size, axis=0), (logits, caches, prompt_tokens, prompt_mask))
   rope_t = tuple(t.T for t in rope)  # [Dh, P + N]: the decode step gathers columns
   num_prompt = jnp.sum(prompt_mask, axis=-1)
   key_valid = jnp.concatenate([prompt_mask.astype(jnp.bool_),
@@ -255,7 +263,7 @@ def _rollout(prompt_tokens, prompt_mask, out):
 ABLATIONS = decode.ABLATIONS + ("sampling",)
 # The keyword arguments of `sample_fn` that must be static under `jax.jit`.
 STATIC_ARGNAMES = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "stop_tokens",
-                   "pad_id", "segment_size", "ablate")
+                   "pad_id", "segment_size", "ablate", "group_size")
 # `sample_fn` under `jax.jit`, compiled once per model structure, shapes and options. `sample`
 # calls it; a benchmark can `.lower(...).compile()` it to time sampling without compilation.
 sample_jit = jax.jit(sample_fn, static_argnames=STATIC_ARGNAMES)
@@ -265,7 +273,7 @@ def sample(model: Transformer, prompt_tokens: jax.Array, prompt_mask: jax.Array,
            key: jax.Array, *, max_new_tokens: int, temperature: float = 1.0,
            top_k: Optional[int] = None, top_p: Optional[float] = None,
            min_p: Optional[float] = None, stop_tokens: Sequence[int] = (), pad_id: int = 0,
-           segment_size: Optional[int] = None) -> Rollout:
+           segment_size: Optional[int] = None, group_size: int = 1) -> Rollout:
   """Samples `max_new_tokens` continuations of left-padded prompts with a KV cache.
 
   Decoding (see the module docstring): prefill, then a `lax.while_loop` per cache segment,
@@ -288,9 +296,12 @@ def sample(model: Transformer, prompt_tokens: jax.Array, prompt_mask: jax.Array,
     stop_tokens: token ids that end a row (the stop token is part of the completion).
     pad_id: written after a row has stopped.
     segment_size: decode steps per cache segment (default: max(32, ceil((N - 1) / 4))).
+    group_size: G >= 1 completions of each prompt: the result has `B * G` rows, the G of a
+      prompt contiguous, each prompt prefilled once (the same tokens and log-probs, for the
+      same key, as passing every prompt G times with `group_size=1`).
 
   Returns:
-    A `Rollout` with `L = P + N` columns.
+    A `Rollout` with `B * group_size` rows and `L = P + N` columns.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -306,6 +317,7 @@ def sample(model: Transformer, prompt_tokens: jax.Array, prompt_mask: jax.Array,
   """
   _check_options(max_new_tokens, temperature, top_k, top_p, min_p, stop_tokens, pad_id,
                  model.config.vocab_size)
+  _check_group_size(group_size)
   prompt_tokens = jnp.asarray(prompt_tokens)
   prompt_mask = jnp.asarray(prompt_mask)
   _check_prompt(prompt_tokens, prompt_mask, concrete=True)
@@ -314,7 +326,7 @@ def sample(model: Transformer, prompt_tokens: jax.Array, prompt_mask: jax.Array,
                      max_new_tokens=int(max_new_tokens), temperature=float(temperature),
                      top_k=top_k, top_p=top_p, min_p=min_p,
                      stop_tokens=tuple(int(s) for s in stop_tokens), pad_id=int(pad_id),
-                     segment_size=segment_size)
+                     segment_size=segment_size, group_size=int(group_size))
 
 
 # ----------------------------------------------------------------------------- validation
@@ -337,6 +349,11 @@ def _check_options(max_new_tokens, temperature, top_k, top_p, min_p, stop_tokens
       raise ValueError(f"stop_tokens must be ids in [0, {vocab_size}), got {s!r}.")
   if not 0 <= int(pad_id) < vocab_size:
     raise ValueError(f"pad_id must be an id in [0, {vocab_size}), got {pad_id!r}.")
+
+
+def _check_group_size(group_size):
+  if not isinstance(group_size, (int, np.integer)) or group_size < 1:
+    raise ValueError(f"group_size must be an int >= 1, got {group_size!r}.")
 
 
 def _check_prompt(prompt_tokens, prompt_mask, concrete=False):

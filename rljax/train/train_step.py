@@ -5,7 +5,11 @@ global arrays (so under a mesh every sum and metric is over the whole batch):
 
 1. Score the batch with the current parameters (no gradient): `old_logp` (the proximal anchor,
    unless `old_logp='sampler'`), per-token entropy, and the trainer-vs-sampler log-prob gap.
-   Score it with the frozen reference parameters when a KL term or the estimator needs them.
+   Score it with the frozen reference parameters when a KL term, the estimator or
+   `track_ref_kl` needs them (`LossConfig.uses_ref`), and not otherwise.
+   When the batch is used once (one epoch, one mini-batch, trainer anchor) the policy *is* the
+   old policy, so there is no separate scoring pass: the anchor, the entropy, the sampler gap
+   and the IS weights are `stop_gradient` of the differentiated pass itself (its aux outputs).
 2. Advantages from the rewards (`LossConfig.advantage`, or the estimator's preset), optionally
    multiplied by truncated / masked importance weights of trainer over sampler (TIS / MIS).
 3. `num_epochs` passes over the batch in `num_minibatches` mini-batches of whole groups (shuffled
@@ -13,12 +17,16 @@ global arrays (so under a mesh every sum and metric is over the whole batch):
    `estimator_loss + kl_coef * KL(π_θ‖π_ref) - entropy_coef * H(π_θ)`.
 4. Metrics from the global arrays (means over the mini-batch steps for loss diagnostics).
 
+Every pass projects to the vocabulary only the last `max_new_tokens` columns (the completion;
+see `rljax.models.score`'s `completion_width`) when `max_new_tokens` is given.
+
 The estimator is chosen by name (`rljax.train.estimators.ESTIMATORS`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -261,8 +269,10 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
     group_size: completions per prompt G (groups are contiguous; mini-batches hold whole groups).
     num_epochs: passes over the batch.
     num_minibatches: optimizer steps per pass; the number of prompts must be divisible by it.
-    max_new_tokens: completion width N, the default `max_tokens` of 'seq-mean-token-sum-norm'
-      (default: the full sequence length L).
+    max_new_tokens: completion width N: the default `max_tokens` of 'seq-mean-token-sum-norm'
+      (default: the full sequence length L), and the number of last columns scored (the
+      completion of a left-padded prompt; a batch with completion-mask entries before them is
+      refused with a ValueError when the batch is concrete).
     shuffle: permute the groups before splitting each epoch into mini-batches.
     donate: donate the input state's buffers.
     combine: `combine(params, frozen) -> model state`, for a policy whose trainable part
@@ -270,7 +280,8 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
       combined with a frozen part passed as `frozen` (not donated, no gradient).
 
   Returns:
-    A jitted function. `batch` is a `TrainBatch` whose leading dimension may be sharded over the
+    A function that checks the batch's layout (see `max_new_tokens`) and calls the jitted
+    update (its `.lower` is the jitted function's). `batch` is a `TrainBatch` whose leading dimension may be sharded over the
     mesh's batch axes (call it under `jax.set_mesh(mesh)` so mini-batches keep that sharding);
     `ref_params` may be None when `cfg.uses_ref` is False. `metrics` is a dict of scalars.
   """
@@ -280,7 +291,9 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
   if num_epochs < 1 or num_minibatches < 1:
     raise ValueError(f'num_epochs and num_minibatches must be >= 1, got {num_epochs}, '
                      f'{num_minibatches}')
-  loss_fn = _make_loss_fn(graphdef, cfg, group_size)
+  # One pass over one mini-batch: the old policy is the current one (see the module docstring).
+  single_pass = num_epochs == 1 and num_minibatches == 1 and cfg.old_logp == 'trainer'
+  loss_fn = _make_loss_fn(graphdef, cfg, group_size, max_new_tokens, single_pass)
 
   def update(state: TrainState, ref_params: Any, batch: TrainBatch, key: jax.Array,
              frozen: Any = None):
@@ -294,7 +307,7 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
                        f'num_minibatches={num_minibatches}')
     data, scored = _score_batch(graphdef, cfg, full(state.params),
                                 None if ref_params is None else full(ref_params), batch,
-                                group_size)
+                                group_size, max_new_tokens, score_trainer=not single_pass)
     loss_kwargs = cfg.estimator_kwargs(max_new_tokens or batch.sample.tokens.shape[1])
     key_perm, key_loss = jax.random.split(key)
     rows = _minibatch_rows(key_perm, num_groups, group_size, num_epochs, num_minibatches,
@@ -303,37 +316,86 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
 
     def body(carry, xs):
       params, opt_state, step = carry
-      ids, k = xs
-      mb = {name: mesh_lib.constrain_batch(jnp.take(x, ids, axis=0)) for name, x in data.items()}
-      (_, metrics), grads = jax.value_and_grad(
+      mb, k = xs
+      (_, (metrics, in_pass)), grads = jax.value_and_grad(
           lambda p, *a, **kw: loss_fn(full(p), *a, **kw), has_aux=True)(
               params, mb, k, loss_kwargs=loss_kwargs)
       metrics['grad_norm'] = optax.global_norm(grads)
       updates, opt_state = tx.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
-      return (params, opt_state, step + 1), metrics
+      return (params, opt_state, step + 1), (metrics, in_pass)
 
-    (params, opt_state, step), mb_metrics = jax.lax.scan(
-        body, (state.params, state.opt_state, state.step), (rows, loss_keys))
-    metrics = {k: (jnp.max(v) if k.endswith('max') else
-                   jnp.min(v) if k.endswith('min') else jnp.mean(v))
-               for k, v in mb_metrics.items()}
+    carry = (state.params, state.opt_state, state.step)
+    if single_pass:
+      whole = {name: mesh_lib.constrain_batch(x) for name, x in data.items()}
+      (params, opt_state, step), (metrics, in_pass) = body(carry, (whole, loss_keys[0]))
+      scored.update(in_pass)
+    else:
+      def scan_body(carry, xs):
+        ids, k = xs
+        mb = {name: mesh_lib.constrain_batch(jnp.take(x, ids, axis=0))
+              for name, x in data.items()}
+        carry, (metrics, _) = body(carry, (mb, k))
+        return carry, metrics
+
+      (params, opt_state, step), mb_metrics = jax.lax.scan(scan_body, carry, (rows, loss_keys))
+      metrics = {k: (jnp.max(v) if k.endswith('max') else
+                     jnp.min(v) if k.endswith('min') else jnp.mean(v))
+                 for k, v in mb_metrics.items()}
     metrics.update(_batch_metrics(cfg, batch, data, scored, group_size))
     metrics['learning_rate_step'] = step.astype(jnp.float32)
     return TrainState(params=params, opt_state=opt_state, step=step), metrics
 
-  return jax.jit(update, donate_argnums=(0,) if donate else ())
+  jitted = jax.jit(update, donate_argnums=(0,) if donate else ())
+
+  def checked_update(state, ref_params, batch, key, frozen=None):
+    _check_completion_layout(batch, max_new_tokens)
+    return jitted(state, ref_params, batch, key, frozen)
+
+  checked_update.lower = jitted.lower
+  return checked_update
 
 
-def _make_loss_fn(graphdef: nnx.GraphDef, cfg: LossConfig, group_size: int):
-  """`loss_fn(params, minibatch, key, loss_kwargs) -> (total loss, metrics)` of one update."""
+_any_before = jax.jit(lambda m, start: jnp.any(m[:, :start] != 0), static_argnums=1)
+
+
+def _check_completion_layout(batch: TrainBatch, width: int | None):
+  """Refuses a batch with completion tokens outside the last `width` columns (never scored)."""
+  mask = batch.sample.completion_mask
+  start = mask.shape[1] - width if width else 0
+  if start <= 0 or isinstance(mask, jax.core.Tracer):
+    return
+  if bool(_any_before(mask, start)):
+    raise ValueError(f'max_new_tokens={width}: the batch has completion tokens before its last '
+                     f'{width} columns (width {mask.shape[1]}); pass its completion width')
+
+
+def _make_loss_fn(graphdef: nnx.GraphDef, cfg: LossConfig, group_size: int,
+                  completion_width: int | None, single_pass: bool):
+  """`loss_fn(params, minibatch, key, loss_kwargs) -> (total loss, (metrics, in_pass))`.
+
+  With `single_pass`, the minibatch is the whole batch without an `old_logp` (nor IS weights):
+  the anchor is `stop_gradient` of this pass's log-probs, and `in_pass` holds what the separate
+  scoring pass would have given (`trainer_logp`, `entropy`, `is_metrics`); else it is empty.
+  """
   spec = cfg.spec
   need_entropy_grad = cfg.entropy_coef > 0
+  return_entropy = need_entropy_grad or single_pass
 
   def loss_fn(params, mb, key, loss_kwargs):
     out = score_fn(graphdef, params, mb['tokens'], mb['input_mask'], mb['mask'],
-                   temperature=cfg.temperature, return_entropy=need_entropy_grad)
-    logp, entropy = out if need_entropy_grad else (out, None)
+                   temperature=cfg.temperature, return_entropy=return_entropy,
+                   completion_width=completion_width)
+    logp, entropy = out if return_entropy else (out, None)
+    in_pass = {}
+    if single_pass:
+      anchor = jax.lax.stop_gradient(logp)
+      mb = dict(mb, old_logp=anchor)
+      is_metrics = {}
+      if cfg.is_correction != 'none':
+        mb['is_weights'], is_metrics = _is_weights(cfg, mb['behavior_logp'], anchor, mb['mask'])
+      in_pass = dict(trainer_logp=anchor, entropy=jax.lax.stop_gradient(entropy),
+                     is_metrics=is_metrics)
     inputs = est_lib.LossInputs(
         logp=logp, old_logp=mb['old_logp'], behavior_logp=mb['behavior_logp'],
         ref_logp=mb['ref_logp'], advantages=mb['advantages'], rewards=mb['rewards'],
@@ -359,14 +421,28 @@ def _make_loss_fn(graphdef: nnx.GraphDef, cfg: LossConfig, group_size: int):
     ratios = ratios_lib.ratio_metrics(d, mb['mask'], clamp=cfg.clamp)
     metrics.update({_RATIO_METRICS[k]: v for k, v in ratios.items()})
     metrics['loss/total'] = total
-    return total, metrics
+    return total, (metrics, in_pass)
 
   return loss_fn
 
 
+def _is_weights(cfg: LossConfig, behavior_logp, trainer_logp, mask):
+  """Truncated / masked importance weights trainer over sampler, and their metrics."""
+  is_w = rljax.truncated_is_weights(
+      behavior_logp, trainer_logp, mask, cap=cfg.is_cap, level=cfg.is_level,
+      mode='truncate' if cfg.is_correction == 'tis' else 'mask')
+  return is_w.weights, is_w.metrics
+
+
 def _score_batch(graphdef, cfg: LossConfig, params, ref_params, batch: TrainBatch,
-                 group_size: int) -> tuple[dict[str, jax.Array], dict[str, Any]]:
+                 group_size: int, completion_width: int | None, *, score_trainer: bool = True
+                 ) -> tuple[dict[str, jax.Array], dict[str, Any]]:
   """The update's per-row data (the policy scored once before any step) and diagnostics.
+
+  Args:
+    score_trainer: run the no-gradient pass of the current policy; without it (the batch is
+      used once) `data` has no `old_logp` nor IS weights and `scored` no trainer log-probs,
+      entropy nor IS metrics: the loss pass supplies them.
 
   Returns:
     `(data, scored)`: `data` holds what every mini-batch slices (tokens, masks, anchors,
@@ -376,33 +452,34 @@ def _score_batch(graphdef, cfg: LossConfig, params, ref_params, batch: TrainBatc
   sample = batch.sample
   mask = sample.completion_mask.astype(jnp.float32)
   input_mask = sample.input_mask.astype(jnp.int32)
-  trainer_logp, entropy = score_fn(graphdef, params, sample.tokens, input_mask, mask,
-                                   temperature=cfg.temperature, return_entropy=True)
-  trainer_logp = jax.lax.stop_gradient(trainer_logp)
-  entropy = jax.lax.stop_gradient(entropy)
+  score = functools.partial(score_fn, graphdef, tokens=sample.tokens, input_mask=input_mask,
+                            mask=mask, temperature=cfg.temperature,
+                            completion_width=completion_width)
+  scored = {}
+  if score_trainer:
+    trainer_logp, entropy = jax.lax.stop_gradient(score(params, return_entropy=True))
+    scored.update(trainer_logp=trainer_logp, entropy=entropy)
   if cfg.uses_ref:
-    ref_logp = jax.lax.stop_gradient(score_fn(graphdef, ref_params, sample.tokens, input_mask,
-                                              mask, temperature=cfg.temperature))
+    ref_logp = jax.lax.stop_gradient(score(ref_params))
   else:
-    ref_logp = jnp.zeros_like(trainer_logp)
-  old_logp = trainer_logp if cfg.old_logp == 'trainer' else sample.behavior_logp
+    ref_logp = jnp.zeros_like(mask)
+  scored['ref_logp'] = ref_logp
   if cfg.advantage_mode == 'given':
     adv = batch.advantages.astype(jnp.float32)
   else:
     adv = est_lib.compute_advantages(batch.rewards, group_size, cfg.advantage_mode)
   data = {
-      'tokens': sample.tokens, 'input_mask': input_mask, 'mask': mask, 'old_logp': old_logp,
+      'tokens': sample.tokens, 'input_mask': input_mask, 'mask': mask,
       'behavior_logp': sample.behavior_logp, 'ref_logp': ref_logp, 'advantages': adv,
       'rewards': batch.rewards,
   }
-  is_metrics = {}
+  if not score_trainer:
+    return data, scored
+  data['old_logp'] = trainer_logp if cfg.old_logp == 'trainer' else sample.behavior_logp
+  scored['is_metrics'] = {}
   if cfg.is_correction != 'none':
-    is_w = rljax.truncated_is_weights(
-        sample.behavior_logp, trainer_logp, mask, cap=cfg.is_cap, level=cfg.is_level,
-        mode='truncate' if cfg.is_correction == 'tis' else 'mask')
-    data['is_weights'], is_metrics = is_w.weights, is_w.metrics
-  scored = dict(trainer_logp=trainer_logp, entropy=entropy, ref_logp=ref_logp,
-                is_metrics=is_metrics)
+    data['is_weights'], scored['is_metrics'] = _is_weights(cfg, sample.behavior_logp,
+                                                           trainer_logp, mask)
   return data, scored
 
 
