@@ -47,7 +47,7 @@ _ITEMS = ('apples', 'books', 'coins', 'stamps', 'shells', 'pens')
 def word_problem(rng: random.Random) -> dict[str, str]:
   """One addition or subtraction word problem with its GSM8K-format worked answer."""
   name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
-  a, b = rng.randint(2, 60), rng.randint(2, 40)
+  a, b = rng.randint(2, 20), rng.randint(2, 20)
   if rng.random() < 0.5:
     question = f'{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?'
     working, answer = f'{a} + {b} = {a + b}', a + b

@@ -102,7 +102,7 @@ def test_there_are_flagfiles():
 
 
 @pytest.mark.parametrize('path', _flagfiles(), ids=os.path.basename)
-def test_flagfile_header_and_values(path):
+def test_flagfile_header_and_values(path, tmp_path):
   with open(path) as f:
     text = f.read()
   header = []
@@ -115,8 +115,21 @@ def test_flagfile_header_and_values(path):
   assert 'run time' in header and 'expected result' in header
   fv = flags.FlagValues()
   config_lib.define_flags(fv)
-  fv(['prog', f'--flagfile={path}'])
+  fv(['prog', f'--flagfile={path}'] + _local_files(path, tmp_path))
   config_lib.config_from_flags(fv)  # validates
+
+
+def _local_files(path, tmp_path):
+  """Flags pointing a flagfile's /tmp inputs at files the test makes (the checkpoint and prompts
+  that scripts/make_tiny_hf_checkpoint.py writes before the worked example runs)."""
+  if os.path.basename(path) != 'hf_word_problems.flags':
+    return []
+  out, data = str(tmp_path / 'base'), str(tmp_path / 'data')
+  subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'make_tiny_hf_checkpoint.py'),
+                  f'--out={out}', f'--data={data}', '--num_train=50', '--num_test=10'],
+                 check=True, capture_output=True)
+  return [f'--init_from_hf={out}', f'--prompt_file={data}/train.jsonl',
+          '--task_args={"test_path": "%s/test.jsonl"}' % data]
 
 
 def test_init_from_hf_and_from_workdir_load_the_weights(tmp_path):
