@@ -299,7 +299,7 @@ class Harness:
     opts = dict(max_new_tokens=c.max_new_tokens, temperature=float(temperature),
                 group_size=int(group_size),
                 top_k=c.top_k or None, top_p=c.top_p if c.top_p < 1.0 else None,
-                min_p=c.min_p or None, stop_tokens=(int(self.tok.eos_id),),
+                min_p=c.min_p or None, stop_tokens=tuple(int(i) for i in self.tok.stop_ids),
                 pad_id=int(self.tok.pad_id))
     if temperature == 0:
       opts.update(top_k=None, top_p=None, min_p=None)

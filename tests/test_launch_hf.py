@@ -84,6 +84,10 @@ def test_eos_from_generation_config(tmp_path):
   (tmp_path / 'generation_config.json').write_text(json.dumps({'eos_token_id': [2, 1]}))
   tok = tok_lib.HFTokenizer.load(tmp_path)
   assert tok.eos_id == 2 and tok.pad_id == 2 and tok.chat_template is None
+  # Sampling stops at every end token generate() stops at (an instruct model's end of turn and
+  # end of text), the configured eos first.
+  assert tok.stop_ids == (2, 1)
+  assert tok_lib.HFTokenizer.load(tmp_path, eos_token=tok.id_to_piece(1)).stop_ids == (1, 2)
 
 
 def test_checkpoint_tokenizer_and_template_are_the_defaults(ckpts, tmp_path):

@@ -111,6 +111,11 @@ class BaseTokenizer(abc.ABC):
     """End-of-sequence id (the stop token for sampling), or None if the vocabulary has none."""
 
   @property
+  def stop_ids(self) -> tuple[int, ...]:
+    """Ids that end a sampled completion: `eos_id`, and any other end token the model uses."""
+    return () if self.eos_id is None else (self.eos_id,)
+
+  @property
   @abc.abstractmethod
   def pad_id(self) -> int:
     """Padding id (always an int; see the subclass for its fallback)."""
@@ -438,6 +443,12 @@ class Tokenizer(BaseTokenizer):
     return self._eos
 
   @property
+  def stop_ids(self) -> tuple[int, ...]:
+    extra = getattr(self, 'generation_eos_ids', ())
+    first = () if self._eos is None else (self._eos,)
+    return first + tuple(i for i in extra if i != self._eos)
+
+  @property
   def pad_id(self) -> int:
     return self._pad
 
@@ -462,13 +473,12 @@ def _read_json_if_exists(path: str) -> dict[str, Any]:
     return json.load(f)
 
 
-def _generation_eos_id(directory: str) -> int | None:
-  """The first ``eos_token_id`` of ``generation_config.json`` (an int or a list), or None."""
+def _generation_eos_ids(directory: str) -> tuple[int, ...]:
+  """The ``eos_token_id``s of ``generation_config.json`` (an int or a list; may be empty)."""
   eos = _read_json_if_exists(os.path.join(directory, 'generation_config.json')).get(
       'eos_token_id')
-  if isinstance(eos, list):
-    eos = eos[0] if eos else None
-  return eos if isinstance(eos, int) else None
+  eos = eos if isinstance(eos, list) else [eos]
+  return tuple(int(e) for e in eos if isinstance(e, int))
 
 
 def _special_from_config(config: dict[str, Any], key: str) -> str | None:
@@ -551,14 +561,17 @@ class HFTokenizer(BaseTokenizer):
       for name in names:
         if resolved.get(name) is None:
           resolved[name] = _special_from_config(config, name)
-    if resolved.get('eos_token') is None:
-      eos = _generation_eos_id(directory)
-      resolved['eos_token'] = None if eos is None else tok.id_to_token(eos)
+    generation_eos = _generation_eos_ids(directory)
+    if resolved.get('eos_token') is None and generation_eos:
+      resolved['eos_token'] = tok.id_to_token(generation_eos[0])
     for name in names:
       if name in special_tokens:
         resolved[name] = special_tokens[name]
     out = cls(tok, **{n: resolved.get(n) for n in names})
     out.chat_template = load_chat_template(directory, out)
+    # generate() stops at every end token of generation_config.json (an instruct model's
+    # end-of-turn and end-of-text), and so does the sampler.
+    out.generation_eos_ids = generation_eos
     return out
 
   @property
@@ -577,6 +590,12 @@ class HFTokenizer(BaseTokenizer):
   @property
   def eos_id(self) -> int | None:
     return self._eos
+
+  @property
+  def stop_ids(self) -> tuple[int, ...]:
+    extra = getattr(self, 'generation_eos_ids', ())
+    first = () if self._eos is None else (self._eos,)
+    return first + tuple(i for i in extra if i != self._eos)
 
   @property
   def pad_id(self) -> int:
