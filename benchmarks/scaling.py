@@ -4,8 +4,8 @@ r"""The RL update and the sampler on every mesh of 8 CPU devices: time, memory, 
     python benchmarks/scaling.py --quick  # tiny shapes, meshes 1 and 2x2x2, one timed call
 
 For each mesh (data x fsdp x tensor; "1" is one device) it compiles the jitted RL update
-(`rljax.train.make_rl_update`, GRPO, `--epochs` passes of one mini-batch, the trainer's log-probs
-recomputed first) and the jitted KV-cache sampler (`rljax.sampling.sample_fn`) on the same
+(`rljax.train.make_rl_update`, GRPO, `--epochs` passes of one mini-batch; with more than one
+epoch the trainer's log-probs are recomputed first, with one the differentiated pass gives them) and the jitted KV-cache sampler (`rljax.sampling.sample_fn`) on the same
 Qwen2-shaped model (grouped-query attention, SwiGLU), then prints
 
 * step: median seconds of one RL update; sampler tokens/s: B x max_new_tokens / median seconds;
@@ -14,8 +14,10 @@ Qwen2-shaped model (grouped-query attention, SwiGLU), then prints
   sampler the KV cache) per device;
 * XLA's `compiled.cost_analysis()` FLOPs and bytes accessed of the compiled update (one device's
   program: SPMD compiles one program per device), against the model of docs/scaling.md:
-  FLOPs = (2 + 6 E) N_mm T + (4 + 12 E) L S H Dh T / (data x fsdp x tensor) per device, with T
-  the batch's tokens, N_mm the parameters in matrix multiplies, E the epochs;
+  FLOPs = (R + 3 E) (2 N_body T + 2 V d T_c + 4 L S H Dh T) / (data x fsdp x tensor) per
+  device, with T the batch's tokens, T_c its completion tokens (the output projection runs on
+  those only), N_body the parameters in the decoder layers' matrix multiplies, E the epochs and
+  R = 1 for the scoring pass when E > 1 (0 when the batch is used once);
 * the collectives in the compiled update's HLO: bytes of all-reduce, all-gather, reduce-scatter
   and all-to-all results per device, against the model (see docs/scaling.md).
 
@@ -98,18 +100,31 @@ def parse_mesh(text: str) -> tuple[int, int, int]:
 # ------------------------------------------------------------------------------- the model
 
 
-def matmul_params(c: TransformerConfig) -> int:
-  """Parameters that enter a matrix multiply once per token (the output projection included)."""
+def body_params(c: TransformerConfig) -> int:
+  """Parameters of the decoder layers that enter a matrix multiply once per token."""
   q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-  return c.num_layers * (c.d_model * (2 * q + 2 * kv) + 3 * c.d_model * c.ffn_dim) + \
-      c.vocab_size * c.d_model
+  return c.num_layers * (c.d_model * (2 * q + 2 * kv) + 3 * c.d_model * c.ffn_dim)
 
 
-def model_update_flops(c: TransformerConfig, tokens: int, seq: int, epochs: int) -> float:
-  """Scoring forward + `epochs` forward-backward passes; attention over the full S x S square."""
-  n = matmul_params(c)
+def scoring_passes(epochs: int) -> int:
+  """1 when the update scores the batch before its first step, 0 when the batch is used once
+  (one epoch of one mini-batch: the differentiated pass gives the old log-probs)."""
+  return 0 if epochs == 1 else 1
+
+
+def model_update_flops(c: TransformerConfig, seqs: int, prompt: int, new: int,
+                       epochs: int) -> float:
+  """The scoring forward (if any) + `epochs` forward-backward passes.
+
+  The output projection runs on the `new` completion positions only; attention covers the full
+  S x S square (XLA computes it and applies the causal mask after).
+  """
+  seq = prompt + new
+  tokens = seqs * seq
   attn = c.num_layers * seq * c.num_heads * c.head_dim
-  return (2 + 6 * epochs) * n * tokens + (4 + 12 * epochs) * attn * tokens
+  forward = (2 * body_params(c) * tokens + 2 * c.vocab_size * c.d_model * seqs * new
+             + 4 * attn * tokens)
+  return (scoring_passes(epochs) + 3 * epochs) * forward
 
 
 def model_collective_bytes(c: TransformerConfig, params_bytes: int, mesh: tuple[int, int, int],
@@ -127,10 +142,11 @@ def model_collective_bytes(c: TransformerConfig, params_bytes: int, mesh: tuple[
   if d > 1:
     out['data'] = epochs * shard
   if f > 1:
-    out['fsdp'] = (1 + 2 * epochs) * params_bytes / t + epochs * shard
+    out['fsdp'] = (scoring_passes(epochs) + 2 * epochs) * params_bytes / t + epochs * shard
   if t > 1:
     local_tokens = tokens / (d * f)
-    out['tensor'] = (1 + 2 * epochs) * 2 * c.num_layers * local_tokens * c.d_model * 4
+    out['tensor'] = ((scoring_passes(epochs) + 2 * epochs) * 2 * c.num_layers * local_tokens
+                     * c.d_model * 4)
   return out
 
 
@@ -224,8 +240,8 @@ def measure(args, mesh_shape: tuple[int, int, int]) -> dict:
     row['collectives'] = hlo_collective_bytes(compiled.as_text())
     compiled(state, None, batch, key)  # warm-up
     row['step_s'] = _median_seconds(lambda: compiled(state, None, batch, key), args.reps)
-    row['model_flops'] = model_update_flops(cfg, args.batch * (args.prompt + args.new),
-                                            args.prompt + args.new, args.epochs) / mesh.size
+    row['model_flops'] = model_update_flops(cfg, args.batch, args.prompt, args.new,
+                                            args.epochs) / mesh.size
     row['model_collectives'] = model_collective_bytes(
         cfg, row['params_total'], mesh_shape, args.batch * (args.prompt + args.new),
         args.epochs)

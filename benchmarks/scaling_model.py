@@ -57,15 +57,26 @@ V5E_256 = System('TPU v5e-256', 256, 197e12, 16 * 2**30, 819e9, 200e9)
 H100_8 = System('8xH100 SXM', 8, 989e12, 80e9, 3.35e12, 450e9)
 
 # One RL step: 64 prompts x 8 completions, 256 prompt + 768 completion tokens, one epoch of one
-# mini-batch after recomputing the trainer's log-probs; float32 parameters, gradients and Adam
-# moments (16 bytes per parameter), bf16 compute.
+# mini-batch (so, as in rljax's update, no separate scoring pass: the differentiated pass gives
+# the old log-probs; and the output projection on the completion positions only); float32
+# parameters, gradients and Adam moments (16 bytes per parameter), bf16 compute.
 SEQS, PROMPT, NEW, EPOCHS = 512, 256, 768, 1
 PARAM_BYTES, STATE_BYTES_PER_PARAM = 4, 16
 
 
-def update_flops(m: Shape, tokens: float, seq: int, epochs: int = EPOCHS) -> float:
+def scoring_passes(epochs: int) -> int:
+  """1 when the update scores the batch before its first step; 0 when it is used once."""
+  return 0 if epochs == 1 else 1
+
+
+def update_flops(m: Shape, seqs: float, prompt: int, new: int, epochs: int = EPOCHS) -> float:
+  """(R + 3E) forward passes' worth: 2 N_body T + 2 V d T_c + 4 L S H Dh T per forward."""
+  seq = prompt + new
+  tokens = seqs * seq
   attn = m.layers * seq * m.heads * m.head_dim
-  return (2 + 6 * epochs) * m.matmul_params() * tokens + (4 + 12 * epochs) * attn * tokens
+  body = m.matmul_params() - m.vocab * m.d
+  forward = 2 * body * tokens + 2 * m.vocab * m.d * seqs * new + 4 * attn * tokens
+  return (scoring_passes(epochs) + 3 * epochs) * forward
 
 
 def collective_bytes(m: Shape, mesh: tuple[int, int, int], tokens: float,
@@ -74,18 +85,19 @@ def collective_bytes(m: Shape, mesh: tuple[int, int, int], tokens: float,
   d, f, t = mesh
   p = m.params() * PARAM_BYTES
   ring = lambda n: (n - 1) / n
+  passes = scoring_passes(epochs) + 2 * epochs  # forward and backward passes
   out = {'data': 2 * ring(d) * epochs * p / (f * t),  # gradient all-reduce of a chip's shard
-         'fsdp': ring(f) * ((1 + 2 * epochs) * p / t + epochs * p / t),  # gathers + scatter
+         'fsdp': ring(f) * (passes * p / t + epochs * p / t),  # gathers + scatter
          'tensor': 0.0}
   local_tokens = tokens / (d * f)
-  # Two activation all-reduces per layer per pass ([local tokens, d] in bf16), 3 passes.
-  out['tensor'] = 2 * ring(t) * (1 + 2 * epochs) * 2 * m.layers * local_tokens * m.d * 2
+  # Two activation all-reduces per layer per pass ([local tokens, d] in bf16).
+  out['tensor'] = 2 * ring(t) * passes * 2 * m.layers * local_tokens * m.d * 2
   return out
 
 
 def update_row(m: Shape, s: System, mesh: tuple[int, int, int], mfu: float = 0.5) -> dict:
   tokens = SEQS * (PROMPT + NEW)
-  flops = update_flops(m, tokens, PROMPT + NEW)
+  flops = update_flops(m, SEQS, PROMPT, NEW)
   comm = collective_bytes(m, mesh, tokens)
   d, f, t = mesh
   state = m.params() * STATE_BYTES_PER_PARAM / (f * t)
