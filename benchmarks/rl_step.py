@@ -12,7 +12,13 @@ system then runs GRPO steps on 8 prompts x 8 completions:
     `experiments.rl.rl_step` (curriculum, jitted sampler, grading, jitted update); only the
     prompt pool and the grader are replaced by the benchmark's;
   * TRL: `trl.GRPOTrainer` (`GRPOConfig(beta=0, num_iterations=1, loss_type='dapo',
-    gradient_checkpointing=False, use_cpu=True)`), eager PyTorch, `model.generate` rollouts;
+    gradient_checkpointing=False, use_cpu=True, generation_kwargs={'use_cache': True})`), eager
+    PyTorch, `model.generate` rollouts with a KV cache. The last option matters: under
+    transformers 5, `Trainer.__init__` sets `model.config.use_cache = args.use_cache`, whose
+    default is False, and TRL 1.16's generation config does not set `use_cache`, so without it
+    `generate` runs without a KV cache (a full forward pass per new token: 24-38 s rollouts at
+    8x8x64 instead of about 1 s). TRL's GRPO docs pass generation options through
+    `generation_kwargs`, which is what a user who noticed would do;
   * tunix: `tunix.GRPOLearner` on an `RLCluster` with the vanilla rollout engine, the model
     loaded from the same safetensors into tunix's Llama3, a mesh of `AxisType.Auto` axes.
 
@@ -37,7 +43,7 @@ Differences in work that remain:
   * TRL and tunix tokenize the prompt text each step (tens of microseconds here).
 
 Timing: each system lives in its own process with `--threads` CPU threads (affinity and
-intra-op threads); after `--warmup` untimed steps (compilation, first allocations) the systems
+intra-op threads; `OMP_WAIT_POLICY=PASSIVE` unless set, see `_limit_threads`); after `--warmup` untimed steps (compilation, first allocations) the systems
 run in alternating blocks of `--steps` steps (`--blocks` rounds), so load from other processes
 falls on every system. Reported per system: median step time with the range of the block
 medians, the rollout (sampling + reward) / update split, the process CPU seconds per step (all
@@ -225,7 +231,11 @@ def _trl(ckpt, spec, workdir):
       max_grad_norm=1.0, lr_scheduler_type='constant', gradient_checkpointing=False,
       use_cpu=True, bf16=False, fp16=False, report_to='none', save_strategy='no',
       logging_steps=10**6, max_steps=10**6, shuffle_dataset=False, dataloader_num_workers=0,
-      disable_tqdm=True, seed=0)
+      disable_tqdm=True, seed=0,
+      # Trainer.__init__ sets `model.config.use_cache = args.use_cache` (False by default in
+      # transformers 5) and TRL's generation config leaves `use_cache` unset, so without this
+      # `generate` recomputes the whole sequence at every new token.
+      generation_kwargs={'use_cache': True})
   model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype='float32')
   tok = transformers.AutoTokenizer.from_pretrained(ckpt)
   trainer = trl.GRPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
@@ -371,6 +381,11 @@ def _limit_threads(threads: int) -> None:
   os.sched_setaffinity(0, cpus[:threads])
   for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
     os.environ[var] = str(threads)
+  # OpenMP's default active wait spins torch's idle intra-op threads; on a machine whose cores
+  # other processes also use, each of generate's many small ops then waits for a descheduled
+  # spinner (measured: 16 new tokens for 64 rows, 2 threads, load ~5 on 2 cores: 6.7 s active,
+  # 0.40 s passive, 0.37 s with 1 thread). JAX does not use OpenMP.
+  os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   try:
     import torch  # pylint: disable=g-import-not-at-top
