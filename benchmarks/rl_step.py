@@ -9,8 +9,10 @@ system then runs GRPO steps on 8 prompts x 8 completions:
 
   * rljax: `experiments.train.Harness` with the launcher's flags (`--init_from_hf --hf_tokenizer
     --sft_steps=0 --num_epochs=1 --num_minibatches=1 --kl_coef=0`, AdamW) and its RL step
-    `experiments.rl.rl_step` (curriculum, jitted sampler, grading, jitted update); only the
-    prompt pool and the grader are replaced by the benchmark's;
+    `experiments.rl.rl_step` (curriculum, jitted sampler, grading, jitted update), with the
+    launcher's default XLA flags (`experiments.xla_defaults`: XLA:CPU's YNN dot/reduce fusion
+    unless XLA_FLAGS is set); only the prompt pool and the grader are replaced by the
+    benchmark's;
   * TRL: `trl.GRPOTrainer` (`GRPOConfig(beta=0, num_iterations=1, loss_type='dapo',
     gradient_checkpointing=False, use_cpu=True, generation_kwargs={'use_cache': True})`), eager
     PyTorch, `model.generate` rollouts with a KV cache. The last option matters: under
@@ -56,7 +58,8 @@ Usage:
   python benchmarks/rl_step.py                       # 8 x 8 x 64, every system
   python benchmarks/rl_step.py --setting decode      # 256 new tokens
   python benchmarks/rl_step.py --setting long        # 256-token prompts, group size 8
-  python benchmarks/rl_step.py --ynn-fusion          # XLA CPU's YNN dot/reduce fusion on
+  python benchmarks/rl_step.py --ynn-fusion          # YNN dot/reduce fusion for tunix too
+  python benchmarks/rl_step.py --plain-xla           # rljax without the launcher's XLA flags
   python benchmarks/rl_step.py --quick --peers ''    # smoke test of rljax alone
 """
 
@@ -84,8 +87,8 @@ MODEL = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_ke
              intermediate_size=1024, vocab_size=512, rope_theta=1e6)
 SPECIALS = ('<pad>', '<unk>', '<eos>', '<bos>')
 LEARNING_RATE = 1e-6
-# An XLA CPU option that speeds the train step up (see benchmarks/train_step.py); the launcher
-# does not set it, so it is off unless asked for.
+# The XLA CPU option the launcher sets by default (experiments/xla_defaults.py); rljax's process
+# gets it as the launcher would (unless XLA_FLAGS is set), tunix only with --ynn-fusion.
 YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type=dot,reduce'
 
 
@@ -100,7 +103,9 @@ def _parse_args(argv=None):
   p.add_argument('--quick', action='store_true', help='tiny shapes, 1 block of 1 step')
   p.add_argument('--json', default='', help='also write the results to this file')
   p.add_argument('--ynn-fusion', action='store_true',
-                 help=f'append {YNN_FLAG} to XLA_FLAGS of the JAX systems (rljax, tunix)')
+                 help=f'append {YNN_FLAG} to XLA_FLAGS of both JAX systems (rljax, tunix)')
+  p.add_argument('--plain-xla', action='store_true',
+                 help="rljax without the launcher's XLA defaults (XLA_FLAGS='' unless set)")
   args = p.parse_args(argv)
   args.peers = [x for x in args.peers.split(',') if x]
   for peer in args.peers:
@@ -398,6 +403,9 @@ def _serve(name, conn, ckpt, spec, threads):
   """A system's process: builds it, then runs `conn.recv()` steps per request (0: stop)."""
   try:
     _limit_threads(threads)
+    if name == 'rljax':  # what `python -m experiments.launch` does before importing JAX
+      from experiments import xla_defaults  # pylint: disable=g-import-not-at-top
+      xla_defaults.apply()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
       step, extra = SYSTEMS[name](ckpt, spec, workdir)
@@ -521,6 +529,8 @@ def main(argv=None):
   args = _parse_args(argv)
   if args.ynn_fusion:  # inherited by the spawned processes, which import JAX themselves
     os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {YNN_FLAG}'.strip()
+  elif args.plain_xla:
+    os.environ.setdefault('XLA_FLAGS', '')
   names = tuple(SETTINGS) if args.setting == 'all' else (args.setting,)
   everything = {}
   for name in names:
