@@ -9,10 +9,18 @@ system then runs GRPO steps on 8 prompts x 8 completions:
 
   * rljax: `experiments.train.Harness` with the launcher's flags (`--init_from_hf --hf_tokenizer
     --sft_steps=0 --num_epochs=1 --num_minibatches=1 --kl_coef=0`, AdamW) and its RL step
-    `experiments.rl.rl_step` (curriculum, jitted sampler, grading, jitted update); only the
-    prompt pool and the grader are replaced by the benchmark's;
+    `experiments.rl.rl_step` (curriculum, jitted sampler, grading, jitted update), with the
+    launcher's default XLA flags (`experiments.xla_defaults`: XLA:CPU's YNN dot/reduce fusion
+    unless XLA_FLAGS is set); only the prompt pool and the grader are replaced by the
+    benchmark's;
   * TRL: `trl.GRPOTrainer` (`GRPOConfig(beta=0, num_iterations=1, loss_type='dapo',
-    gradient_checkpointing=False, use_cpu=True)`), eager PyTorch, `model.generate` rollouts;
+    gradient_checkpointing=False, use_cpu=True, generation_kwargs={'use_cache': True})`), eager
+    PyTorch, `model.generate` rollouts with a KV cache. The last option matters: under
+    transformers 5, `Trainer.__init__` sets `model.config.use_cache = args.use_cache`, whose
+    default is False, and TRL 1.16's generation config does not set `use_cache`, so without it
+    `generate` runs without a KV cache (a full forward pass per new token: 24-38 s rollouts at
+    8x8x64 instead of about 1 s). TRL's GRPO docs pass generation options through
+    `generation_kwargs`, which is what a user who noticed would do;
   * tunix: `tunix.GRPOLearner` on an `RLCluster` with the vanilla rollout engine, the model
     loaded from the same safetensors into tunix's Llama3, a mesh of `AxisType.Auto` axes.
 
@@ -37,7 +45,7 @@ Differences in work that remain:
   * TRL and tunix tokenize the prompt text each step (tens of microseconds here).
 
 Timing: each system lives in its own process with `--threads` CPU threads (affinity and
-intra-op threads); after `--warmup` untimed steps (compilation, first allocations) the systems
+intra-op threads; `OMP_WAIT_POLICY=PASSIVE` unless set, see `_limit_threads`); after `--warmup` untimed steps (compilation, first allocations) the systems
 run in alternating blocks of `--steps` steps (`--blocks` rounds), so load from other processes
 falls on every system. Reported per system: median step time with the range of the block
 medians, the rollout (sampling + reward) / update split, the process CPU seconds per step (all
@@ -50,7 +58,8 @@ Usage:
   python benchmarks/rl_step.py                       # 8 x 8 x 64, every system
   python benchmarks/rl_step.py --setting decode      # 256 new tokens
   python benchmarks/rl_step.py --setting long        # 256-token prompts, group size 8
-  python benchmarks/rl_step.py --ynn-fusion          # XLA CPU's YNN dot/reduce fusion on
+  python benchmarks/rl_step.py --ynn-fusion          # YNN dot/reduce fusion for tunix too
+  python benchmarks/rl_step.py --plain-xla           # rljax without the launcher's XLA flags
   python benchmarks/rl_step.py --quick --peers ''    # smoke test of rljax alone
 """
 
@@ -78,8 +87,8 @@ MODEL = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_ke
              intermediate_size=1024, vocab_size=512, rope_theta=1e6)
 SPECIALS = ('<pad>', '<unk>', '<eos>', '<bos>')
 LEARNING_RATE = 1e-6
-# An XLA CPU option that speeds the train step up (see benchmarks/train_step.py); the launcher
-# does not set it, so it is off unless asked for.
+# The XLA CPU option the launcher sets by default (experiments/xla_defaults.py); rljax's process
+# gets it as the launcher would (unless XLA_FLAGS is set), tunix only with --ynn-fusion.
 YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type=dot,reduce'
 
 
@@ -94,7 +103,9 @@ def _parse_args(argv=None):
   p.add_argument('--quick', action='store_true', help='tiny shapes, 1 block of 1 step')
   p.add_argument('--json', default='', help='also write the results to this file')
   p.add_argument('--ynn-fusion', action='store_true',
-                 help=f'append {YNN_FLAG} to XLA_FLAGS of the JAX systems (rljax, tunix)')
+                 help=f'append {YNN_FLAG} to XLA_FLAGS of both JAX systems (rljax, tunix)')
+  p.add_argument('--plain-xla', action='store_true',
+                 help="rljax without the launcher's XLA defaults (XLA_FLAGS='' unless set)")
   args = p.parse_args(argv)
   args.peers = [x for x in args.peers.split(',') if x]
   for peer in args.peers:
@@ -225,7 +236,11 @@ def _trl(ckpt, spec, workdir):
       max_grad_norm=1.0, lr_scheduler_type='constant', gradient_checkpointing=False,
       use_cpu=True, bf16=False, fp16=False, report_to='none', save_strategy='no',
       logging_steps=10**6, max_steps=10**6, shuffle_dataset=False, dataloader_num_workers=0,
-      disable_tqdm=True, seed=0)
+      disable_tqdm=True, seed=0,
+      # Trainer.__init__ sets `model.config.use_cache = args.use_cache` (False by default in
+      # transformers 5) and TRL's generation config leaves `use_cache` unset, so without this
+      # `generate` recomputes the whole sequence at every new token.
+      generation_kwargs={'use_cache': True})
   model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype='float32')
   tok = transformers.AutoTokenizer.from_pretrained(ckpt)
   trainer = trl.GRPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
@@ -371,6 +386,11 @@ def _limit_threads(threads: int) -> None:
   os.sched_setaffinity(0, cpus[:threads])
   for var in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
     os.environ[var] = str(threads)
+  # OpenMP's default active wait spins torch's idle intra-op threads; on a machine whose cores
+  # other processes also use, each of generate's many small ops then waits for a descheduled
+  # spinner (measured: 16 new tokens for 64 rows, 2 threads, load ~5 on 2 cores: 6.7 s active,
+  # 0.40 s passive, 0.37 s with 1 thread). JAX does not use OpenMP.
+  os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   try:
     import torch  # pylint: disable=g-import-not-at-top
@@ -383,6 +403,9 @@ def _serve(name, conn, ckpt, spec, threads):
   """A system's process: builds it, then runs `conn.recv()` steps per request (0: stop)."""
   try:
     _limit_threads(threads)
+    if name == 'rljax':  # what `python -m experiments.launch` does before importing JAX
+      from experiments import xla_defaults  # pylint: disable=g-import-not-at-top
+      xla_defaults.apply()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
       step, extra = SYSTEMS[name](ckpt, spec, workdir)
@@ -506,6 +529,8 @@ def main(argv=None):
   args = _parse_args(argv)
   if args.ynn_fusion:  # inherited by the spawned processes, which import JAX themselves
     os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {YNN_FLAG}'.strip()
+  elif args.plain_xla:
+    os.environ.setdefault('XLA_FLAGS', '')
   names = tuple(SETTINGS) if args.setting == 'all' else (args.setting,)
   everything = {}
   for name in names:

@@ -24,7 +24,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from experiments import distributed
+from experiments import xla_defaults
+
+xla_defaults.apply()  # before anything imports JAX
+
+from experiments import distributed  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from experiments import config as config_lib
 

@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rljax.models import kernels
 from rljax.models import sharding
 from rljax.models.config import TransformerConfig
 from rljax.models.sharding import BATCH, HEADS
@@ -205,7 +206,10 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
               kv_layout: str = "BTKD") -> jax.Array:
-  """Grouped-query softmax attention with a float32 softmax.
+  """Grouped-query softmax attention with a float32 softmax (the plain reference).
+
+  The training forward pass uses `rljax.models.kernels.attention`, the same function through
+  `jax.nn.dot_product_attention`; the sampler uses this one (its cache is 'BKTD').
 
   `out = softmax(q k^T / sqrt(Dh) + mask) v`, query head h using kv head h // (H / K).
 
@@ -305,7 +309,7 @@ class Attention(nnx.Module):
     k = heads(self.k_proj(x), self.num_kv_heads)
     v = heads(self.v_proj(x), self.num_kv_heads)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    return self.o_proj(attention(q, k, v, mask))
+    return self.o_proj(kernels.attention(q, k, v, mask))
 
 
 class MLP(nnx.Module):
