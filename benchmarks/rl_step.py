@@ -7,7 +7,7 @@ ffn 1024, vocabulary 512, float32, `rope_theta` 1e6 because tunix's Llama3 ignor
 words, so every system encodes them to the same ids (no BOS is added by any of them). Each
 system then runs GRPO steps on 8 prompts x 8 completions:
 
-  * rljax: `experiments.train.Harness` with the launcher's flags (`--init_from_hf --hf_tokenizer
+  * rljax: `experiments.train.Harness` with the launcher's flags (`--init_from_hf
     --sft_steps=0 --num_epochs=1 --num_minibatches=1 --kl_coef=0`, AdamW) and its RL step
     `experiments.rl.rl_step` (curriculum, jitted sampler, grading, jitted update), with the
     launcher's default XLA flags (`experiments.xla_defaults`: XLA:CPU's YNN dot/reduce fusion
@@ -162,7 +162,7 @@ def _rljax(ckpt, spec, workdir):
   from experiments import rl  # pylint: disable=g-import-not-at-top
   from experiments import train  # pylint: disable=g-import-not-at-top
   from experiments.config import Config  # pylint: disable=g-import-not-at-top
-  config = Config(init_from_hf=ckpt, hf_tokenizer=True, sft_steps=0, rl_steps=10**6,
+  config = Config(init_from_hf=ckpt, sft_steps=0, rl_steps=10**6,
                   num_prompts=spec['num_prompts'], group_size=spec['group_size'],
                   max_new_tokens=spec['new_tokens'], num_epochs=1, num_minibatches=1,
                   kl_coef=0.0, estimator='grpo', optimizer='adamw',

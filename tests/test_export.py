@@ -149,7 +149,7 @@ def test_a_hugging_face_run_exports_the_checkpoint_tokenizer_files(tmp_path):
   tok.save(str(hf_dir / 'tokenizer.json'))
   (hf_dir / 'tokenizer_config.json').write_text(json.dumps(
       {'bos_token': '<s>', 'eos_token': '</s>', 'pad_token': '<pad>'}))
-  config = config_lib.Config(init_from_hf=str(hf_dir), hf_tokenizer=True)
+  config = config_lib.Config(init_from_hf=str(hf_dir))
   out = tmp_path / 'out'
   out.mkdir()
   files = export_lib.write_tokenizer(config, HFTokenizer.load(str(hf_dir)), str(out))
