@@ -230,6 +230,20 @@ class Task(abc.ABC):
     _check_split(split)
     return None
 
+  def _seeded_subset(self, rows: list[Example], split: str, level: int | None,
+                     num: int | None, what: str) -> list[Example]:
+    """`num` of a fixed split's `rows` (all if None) in an order fixed by the seed.
+
+    Raises:
+      ValueError: naming `what` (the split's description) if it holds fewer than `num`.
+    """
+    num = len(rows) if num is None else int(num)
+    if not 0 <= num <= len(rows):
+      raise ValueError(f'{what} has {len(rows)} examples; asked for num={num}.')
+    order = list(range(len(rows)))
+    self._rng(split, level).shuffle(order)
+    return [rows[i] for i in order[:num]]
+
   def prompts(self, split: str, num: int | None = None, *, level: int | None = None) -> list[str]:
     """The prompts of ``examples(split, num, level=level)``."""
     return [ex.prompt for ex in self.examples(split, num, level=level)]

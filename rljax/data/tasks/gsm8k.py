@@ -216,13 +216,8 @@ class GSM8K(base.Task):
       if level not in self.levels:
         raise ValueError(f'level must be one of {self.levels}, got {level!r}.')
       rows = [ex for ex in rows if ex.metadata['level'] == level]
-    order = list(range(len(rows)))
-    self._rng(split, level).shuffle(order)
-    num = len(rows) if num is None else int(num)
-    if not 0 <= num <= len(rows):
-      raise ValueError(f'GSM8K {split} split has {len(rows)} examples (level={level}); '
-                       f'asked for num={num}.')
-    return [rows[i] for i in order[:num]]
+    return self._seeded_subset(rows, split, level, num,
+                               f'GSM8K {split} split (level={level})')
 
   def _grade(self, prompt, completion):
     reference = self._answers.get(prompt) if isinstance(prompt, str) else None

@@ -282,14 +282,8 @@ class PromptFile(base.Task):
     base._check_split(split)  # pylint: disable=protected-access
     if level not in (None, 1):
       raise ValueError(f'level must be one of {self.levels}, got {level!r}')
-    rows = self._rows[split]
-    num = len(rows) if num is None else int(num)
-    if not 0 <= num <= len(rows):
-      raise ValueError(f'the {split} split of the prompt file has {len(rows)} examples; '
-                       f'asked for {num}')
-    order = list(range(len(rows)))
-    self._rng(split, None).shuffle(order)
-    return [rows[i] for i in order[:num]]
+    return self._seeded_subset(self._rows[split], split, None, num,
+                               f'the {split} split of the prompt file')
 
   def _grade(self, prompt, completion):
     reference = self._answers.get(prompt) if isinstance(prompt, str) else None
