@@ -34,10 +34,13 @@ betas 0.9/0.999, eps 1e-8, no weight decay, gradient clipping at norm 1), no KL,
 Differences in work that remain:
   * passes: all three skip the old-log-prob pass (one epoch, one mini-batch: the anchor is the
     detached current log-probs) and score no reference (beta / kl_coef 0). rljax prefills each
-    prompt once for its 8 completions and applies the output layer to the completion columns
-    only; TRL prefills every completion row (`generate` on repeated prompts) and applies the
-    output layer to the completion positions (`logits_to_keep`); tunix prefills every row and
-    computes the logits of every position before slicing the completion's;
+    prompt once for its 8 completions, runs each prompt once per group in the update's
+    forward and backward passes too (the completions attend to its keys and values; same
+    gradient as the 8 rows run in full), and applies the output layer to the completion
+    columns only; TRL prefills every completion row (`generate` on repeated prompts), runs
+    every row in full in the update and applies the output layer to the completion positions
+    (`logits_to_keep`); tunix prefills and trains on every row in full and computes the
+    logits of every position before slicing the completion's;
   * generation stops in all three when every row has emitted `<eos>` or at N tokens; with a
     random model that is almost always N tokens;
   * tunix's loss aggregation is per sequence then mean (`loss_agg_mode` default), the others

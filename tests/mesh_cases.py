@@ -41,12 +41,19 @@ def split_model(config: TransformerConfig = CONFIG, seed: int = 0):
   return graphdef, jax.tree.map(np.asarray, params)
 
 
-def host_batch(seed: int = 0) -> TrainBatch:
-  """An RL batch of B = NUM_PROMPTS * G rows (host arrays; see the module docstring)."""
+def host_batch(seed: int = 0, shared_prompts: bool = False) -> TrainBatch:
+  """An RL batch of B = NUM_PROMPTS * G rows (host arrays; see the module docstring).
+
+  With `shared_prompts`, the G rows of each group have the same prompt (tokens and padding),
+  as the sampler's completions of one prompt do; otherwise every row has its own.
+  """
   rng = np.random.default_rng(seed)
   b, length = NUM_PROMPTS * G, P + N
   tokens = rng.integers(3, VOCAB, size=(b, length)).astype(np.int32)
   pad = rng.integers(0, P - 1, size=b)                 # left padding of each prompt
+  if shared_prompts:
+    first = np.repeat(np.arange(0, b, G), G)
+    tokens[:, :P], pad = tokens[first, :P], pad[first]
   lengths = rng.integers(1, N + 1, size=b)             # completion lengths
   cols = np.arange(length)[None]
   prompt_mask = ((cols >= pad[:, None]) & (cols < P)).astype(np.int32)

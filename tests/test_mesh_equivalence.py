@@ -8,7 +8,9 @@ is the first clipped gradient, so gradients are compared exactly where they ente
 optimizer), and the parameters.
 
 Compilations (one per (estimator, mesh), the cost of this module): GRPO, TOPR and Clip-Cov
-(the one with a global top-k over the batch) on all six meshes. Each update is lowered once per mesh and compiled with XLA's backend optimisation
+(the one with a global top-k over the batch) on all six meshes, and GRPO on a batch whose
+groups share their prompts (each prompt run once per group, its stream of B / G rows split
+over the batch axes or replicated where they do not divide it) on four. Each update is lowered once per mesh and compiled with XLA's backend optimisation
 level 0 (the same program, compiled about three times faster on CPU); the compiled executable
 only accepts arguments with the shardings it was compiled for, so the second and third updates,
 fed the first one's output state, also check that the update keeps the state's layout.
@@ -25,7 +27,8 @@ from tests import mesh_cases as mc
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason='needs 8 devices (conftest.py)')
 
-CASES = [(e, m) for e in ('grpo', 'topr', 'clip_cov') for m in mc.MESHES if m != '1']
+CASES = [(e, m, False) for e in ('grpo', 'topr', 'clip_cov')
+         for m in mc.MESHES if m != '1']
 NUM_UPDATES = 3
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -33,22 +36,24 @@ _RUNS = {}
 _SETUP = {}
 
 
-def _setup():
+def _setup(shared_prompts: bool = False):
   if not _SETUP:
     _SETUP['model'] = mc.split_model()
     _SETUP['batch'] = mc.host_batch()
-  return _SETUP['model'], _SETUP['batch']
+    _SETUP['shared'] = mc.host_batch(shared_prompts=True)
+  return _SETUP['model'], _SETUP['shared' if shared_prompts else 'batch']
 
 
 def _tx():
   return optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.5, momentum=0.9))
 
 
-def run(estimator: str, mesh_name: str):
+def run(estimator: str, mesh_name: str, shared_prompts: bool = False):
   """`(metrics per update, momentum per update, final state, initial state)` on one mesh."""
-  key = (estimator, mesh_name)
+  key = (estimator, mesh_name, shared_prompts)
   if key not in _RUNS:
-    (graphdef, params), batch = _setup()
+    (graphdef, params), batch = _setup(shared_prompts)
+    assert ts._check_layout(batch, mc.N, mc.G) == shared_prompts  # pylint: disable=protected-access
     tx = _tx()
     update = ts.make_rl_update(graphdef, tx, ts.LossConfig(estimator=estimator), group_size=mc.G,
                                num_minibatches=2, max_new_tokens=mc.N, donate=False)
@@ -68,10 +73,13 @@ def run(estimator: str, mesh_name: str):
   return _RUNS[key]
 
 
-@pytest.mark.parametrize('estimator,mesh_name', CASES, ids=[f'{e}-{m}' for e, m in CASES])
-def test_update_matches_one_device(estimator, mesh_name):
-  ref_metrics, ref_momenta, ref_state, _ = run(estimator, '1')
-  metrics, momenta, state, initial = run(estimator, mesh_name)
+@pytest.mark.parametrize('estimator,mesh_name,shared_prompts',
+                         CASES + [('grpo', m, True) for m in ('8x1x1', '2x2x2', '1x2x4')],
+                         ids=[f'{e}-{m}' for e, m, _ in CASES] +
+                         [f'grpo-shared_prompts-{m}' for m in ('8x1x1', '2x2x2', '1x2x4')])
+def test_update_matches_one_device(estimator, mesh_name, shared_prompts):
+  ref_metrics, ref_momenta, ref_state, _ = run(estimator, '1', shared_prompts)
+  metrics, momenta, state, initial = run(estimator, mesh_name, shared_prompts)
   for i in range(NUM_UPDATES):
     for name in ('loss/total', 'loss/policy', 'grad_norm'):
       np.testing.assert_allclose(metrics[i][name], ref_metrics[i][name], **TOL,

@@ -4,6 +4,8 @@
   differentiated pass alone; the anchor, entropy, sampler gap and IS weights come from it.
 * The reference is scored only when a KL term or `track_ref_kl` needs it.
 * The output projection sees the N completion columns only, never the prompt.
+* When the G rows of each group share their prompt, every pass runs the prompt once per group
+  (and gives the update of the rows run separately); otherwise every row runs in full.
 
 Losses and gradients are checked against a plain log-softmax of the model's logits and the
 library's estimator loss (not the update's code).
@@ -18,7 +20,7 @@ import pytest
 from flax import nnx
 
 import rljax
-from rljax.models import Transformer, TransformerConfig, score
+from rljax.models import Transformer, TransformerConfig, kernels, score
 from rljax.sampling.sampler import sample_fn
 from rljax.train import estimators as est_lib
 from rljax.train import train_step as ts
@@ -200,3 +202,54 @@ def test_update_refuses_completion_tokens_before_the_completion_columns(setup):
   update = _update(graphdef, ts.LossConfig(estimator='grpo'))
   with pytest.raises(ValueError, match=f'max_new_tokens={N}: the batch has completion tokens'):
     update(_state(params), None, bad, jax.random.key(0))
+
+
+def _count_shared_prompt_passes(monkeypatch):
+  """Records the prompt-stream shape of every traced `shared_prompt_hidden_states` call."""
+  calls = []
+  real = kernels.shared_prompt_hidden_states
+
+  def counting(model, tokens, input_mask, **kwargs):
+    calls.append((tokens.shape, kwargs['group_size']))
+    return real(model, tokens, input_mask, **kwargs)
+
+  monkeypatch.setattr(kernels, 'shared_prompt_hidden_states', counting)
+  return calls
+
+
+@pytest.mark.parametrize('num_epochs,num_minibatches,kl_coef,expected', [
+    (1, 1, 0.0, 1),   # the differentiated pass
+    (1, 1, 0.1, 2),   # + the reference
+    (2, 1, 0.0, 2),   # the anchor's pass + the loss pass (traced once inside the scan)
+    (1, 3, 0.0, 2),   # mini-batches of one group each still share their prompt
+])
+def test_groups_sharing_a_prompt_run_it_once(setup, monkeypatch, num_epochs, num_minibatches,
+                                             kl_coef, expected):
+  graphdef, params, batch = setup
+  calls = _count_shared_prompt_passes(monkeypatch)
+  cfg = ts.LossConfig(estimator='grpo', kl_coef=kl_coef)
+  kw = dict(num_epochs=num_epochs, num_minibatches=num_minibatches)
+  ref = params if kl_coef else None
+  state, m = _update(graphdef, cfg, **kw)(_state(params), ref, batch, jax.random.key(0))
+  assert len(calls) == expected
+  assert all(shape[0] in (G * NUM_PROMPTS, G) and group == G for shape, group in calls)
+  # Every row run separately gives the same update.
+  plain_state, plain_m = _update(graphdef, cfg, share_prompts=False, **kw)(
+      _state(params), ref, batch, jax.random.key(0))
+  assert len(calls) == expected
+  for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(plain_state.params)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  for name in ('loss/policy', 'entropy', 'logp_diff/trainer_sampler_max', 'grad_norm'):
+    np.testing.assert_allclose(m[name], plain_m[name], rtol=1e-4, atol=1e-6)
+
+
+def test_groups_with_different_prompts_run_every_row(setup, monkeypatch):
+  graphdef, params, batch = setup
+  calls = _count_shared_prompt_passes(monkeypatch)
+  # Row 1's prompt differs from row 0's (same group) in one token; row 3's in its mask.
+  tokens = batch.sample.tokens.at[1, P - 1].add(1)
+  pm = batch.sample.prompt_mask.at[3, 0].set(1 - batch.sample.prompt_mask[3, 0])
+  for sample in (batch.sample.replace(tokens=tokens), batch.sample.replace(prompt_mask=pm)):
+    _update(graphdef, ts.LossConfig(estimator='grpo'))(
+        _state(params), None, batch.replace(sample=sample), jax.random.key(0))
+  assert not calls

@@ -18,6 +18,13 @@ the completion mask is 0 elsewhere and nothing that is wanted is skipped; log-pr
 entropies) before the last N columns are 0 whatever `mask` says there. With a real vocabulary
 (V ~ 150k) and long prompts the projection over the prompt is most of the scoring FLOPs.
 
+Shared prompts: with `completion_width=N` and `group_size=G`, rows that come in groups of G
+sharing one prompt (the first L - N columns, as the sampler's completions of a prompt do) run
+each prompt through the layers once per group (`rljax.models.kernels.
+shared_prompt_hidden_states`); log-probs, entropies and gradients are those of the plain pass
+to float32 rounding. The caller vouches that the groups share their prompts (the RL update
+checks the batch before it asks for this).
+
 Memory: the `[B, L, V]` float32 logits are never materialised at once when they would exceed
 `max_logits_bytes`; the output projection and log-softmax then run over chunks of the sequence
 inside a `lax.map` whose body is rematerialised (`jax.checkpoint`), so the backward pass also
@@ -33,6 +40,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rljax.models import kernels
 from rljax.models.transformer import (Transformer, check_same_shape, check_tokens, linear,
                                       positions_from_mask)
 
@@ -120,7 +128,8 @@ def _scored_start(length: int, completion_width: Optional[int]) -> int:
 
 def score(model: Transformer, tokens: jax.Array, input_mask: jax.Array, mask: jax.Array, *,
           temperature: float = 1.0, return_entropy: bool = False,
-          chunk_size: Optional[int] = None, completion_width: Optional[int] = None):
+          chunk_size: Optional[int] = None, completion_width: Optional[int] = None,
+          group_size: Optional[int] = None):
   """Teacher-forced per-token log-probs of `tokens` under `model` (see the module docstring).
 
   `logp[b, t] = log softmax(z_{b,t-1} / temperature)[tokens[b, t]]`, float32, aligned with
@@ -138,6 +147,10 @@ def score(model: Transformer, tokens: jax.Array, input_mask: jax.Array, mask: ja
     completion_width: None (score every position), or N: score only the last N columns, where
       a left-padded prompt's completion lies; columns before them are 0 (see the module
       docstring).
+    group_size: None, or G: rows `g G .. g G + G - 1` share their first `L - completion_width`
+      columns (tokens and `input_mask`), and each group's prompt is run once (see the module
+      docstring). Needs `completion_width`; ignored when `completion_width` leaves no prompt
+      column (`completion_width >= L`).
 
   Returns:
     `logp f32[B, L]`, or `(logp, entropy)` with `entropy f32[B, L]` if `return_entropy`.
@@ -159,10 +172,16 @@ def score(model: Transformer, tokens: jax.Array, input_mask: jax.Array, mask: ja
   _check_temperature(temperature)
   start = _scored_start(tokens.shape[1], completion_width)
   input_mask = input_mask.astype(jnp.int32)
-  positions = positions_from_mask(input_mask)
-  hidden = model.hidden_states(tokens, positions, input_mask)
   # Column t's distribution comes from position t - 1: project positions start-1 .. L-2 only.
-  out = logp_from_hidden(hidden[:, start - 1:-1], model.output_embedding, tokens[:, start:],
+  prompt_width = tokens.shape[1] - (completion_width or tokens.shape[1])
+  if group_size is not None and prompt_width >= 1:
+    hidden = kernels.shared_prompt_hidden_states(model, tokens, input_mask,
+                                                 group_size=group_size,
+                                                 completion_width=completion_width)
+  else:
+    positions = positions_from_mask(input_mask)
+    hidden = model.hidden_states(tokens, positions, input_mask)[:, start - 1:-1]
+  out = logp_from_hidden(hidden, model.output_embedding, tokens[:, start:],
                          temperature=temperature, return_entropy=bool(return_entropy),
                          chunk_size=chunk_size)
   logp, entropy = out if return_entropy else (out, None)
@@ -179,7 +198,7 @@ def score(model: Transformer, tokens: jax.Array, input_mask: jax.Array, mask: ja
 def score_fn(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array,
              input_mask: jax.Array, mask: jax.Array, *, temperature: float = 1.0,
              return_entropy: bool = False, chunk_size: Optional[int] = None,
-             completion_width: Optional[int] = None):
+             completion_width: Optional[int] = None, group_size: Optional[int] = None):
   """`score` on a split model (`graphdef, state = nnx.split(model)`), for use inside `jax.jit`.
 
   Differentiable with respect to `state`:
@@ -188,4 +207,4 @@ def score_fn(graphdef: nnx.GraphDef, state: nnx.State, tokens: jax.Array,
   model = nnx.merge(graphdef, state)
   return score(model, tokens, input_mask, mask, temperature=temperature,
                return_entropy=return_entropy, chunk_size=chunk_size,
-               completion_width=completion_width)
+               completion_width=completion_width, group_size=group_size)

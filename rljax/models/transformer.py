@@ -299,16 +299,21 @@ class Attention(nnx.Module):
     self.v_proj = Linear(c.d_model, c.num_kv_heads * c.head_dim, use_bias=c.attention_bias, **kw)
     self.o_proj = Linear(c.num_heads * c.head_dim, c.d_model, use_bias=c.o_proj_bias, **kw)
 
-  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
-               mask: jax.Array) -> jax.Array:
-    """x `[B, S, D]`, cos/sin `[B, S, Dh]`, mask bool `[B, S, S]` -> `[B, S, D]`."""
+  def project(self, x: jax.Array, cos: jax.Array, sin: jax.Array
+              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Rotated queries and keys and the values: x `[B, S, D]` -> `[B, S, H|K, Dh]` each."""
     b, s, _ = x.shape
     heads = lambda y, n: sharding.constrain(y.reshape(b, s, n, self.head_dim),
                                             (BATCH, None, HEADS))
     q = heads(self.q_proj(x), self.num_heads)
     k = heads(self.k_proj(x), self.num_kv_heads)
     v = heads(self.v_proj(x), self.num_kv_heads)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
+               mask: jax.Array) -> jax.Array:
+    """x `[B, S, D]`, cos/sin `[B, S, Dh]`, mask bool `[B, S, S]` -> `[B, S, D]`."""
+    q, k, v = self.project(x, cos, sin)
     return self.o_proj(kernels.attention(q, k, v, mask))
 
 
@@ -349,12 +354,16 @@ _REMAT_POLICIES = {
 }
 
 
-def _layer_fn(remat: str):
-  """`f(layer, x, cos, sin, mask)` running one decoder layer with the `remat` mode's policy."""
-  call = lambda layer, x, cos, sin, mask: layer(x, cos, sin, mask)
+def remat_layer(call, remat: str):
+  """`call(layer, *args)` (one decoder layer's work) under the `remat` mode's policy."""
   if remat == "none":
     return call
   return nnx.remat(call, policy=_REMAT_POLICIES[remat])
+
+
+def _layer_fn(remat: str):
+  """`f(layer, x, cos, sin, mask)` running one decoder layer with the `remat` mode's policy."""
+  return remat_layer(lambda layer, x, cos, sin, mask: layer(x, cos, sin, mask), remat)
 
 
 class Transformer(nnx.Module):

@@ -18,7 +18,11 @@ global arrays (so under a mesh every sum and metric is over the whole batch):
 4. Metrics from the global arrays (means over the mini-batch steps for loss diagnostics).
 
 Every pass projects to the vocabulary only the last `max_new_tokens` columns (the completion;
-see `rljax.models.score`'s `completion_width`) when `max_new_tokens` is given.
+see `rljax.models.score`'s `completion_width`) when `max_new_tokens` is given. When moreover
+the G rows of every group share their prompt columns (tokens and input mask), as the sampler's
+completions of one prompt do, every pass runs each prompt through the layers once per group
+(`rljax.models.score`'s `group_size`; the same losses and gradients to float32 rounding). The
+update checks both on the batch before it runs (one small device-to-host read per call).
 
 The estimator is chosen by name (`rljax.train.estimators.ESTIMATORS`).
 """
@@ -257,8 +261,8 @@ class LossConfig:
 def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg: LossConfig,
                    *, group_size: int, num_epochs: int = 1, num_minibatches: int = 1,
                    max_new_tokens: int | None = None, shuffle: bool = True,
-                   donate: bool = True, combine: Callable[[Any, Any], Any] | None = None
-                   ) -> Callable[..., Any]:
+                   donate: bool = True, combine: Callable[[Any, Any], Any] | None = None,
+                   share_prompts: bool = True) -> Callable[..., Any]:
   """Builds `update(state, ref_params, batch, key, frozen=None) -> (state, metrics)`, jitted.
 
   Args:
@@ -278,10 +282,12 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
     combine: `combine(params, frozen) -> model state`, for a policy whose trainable part
       (`state.params`, `ref_params`: e.g. LoRA adapters, `rljax.models.lora.merge`) is
       combined with a frozen part passed as `frozen` (not donated, no gradient).
+    share_prompts: with `max_new_tokens`, run each group's prompt once when the batch's groups
+      share their prompt columns (see the module docstring); False always runs every row.
 
   Returns:
-    A function that checks the batch's layout (see `max_new_tokens`) and calls the jitted
-    update (its `.lower` is the jitted function's). `batch` is a `TrainBatch` whose leading dimension may be sharded over the
+    A function that checks the batch's layout (see `max_new_tokens`, `share_prompts`) and
+    calls the jitted update (its `.lower` takes the same arguments). `batch` is a `TrainBatch` whose leading dimension may be sharded over the
     mesh's batch axes (call it under `jax.set_mesh(mesh)` so mini-batches keep that sharding);
     `ref_params` may be None when `cfg.uses_ref` is False. `metrics` is a dict of scalars.
   """
@@ -296,8 +302,9 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
   loss_fn = _make_loss_fn(graphdef, cfg, group_size, max_new_tokens, single_pass)
 
   def update(state: TrainState, ref_params: Any, batch: TrainBatch, key: jax.Array,
-             frozen: Any = None):
+             frozen: Any = None, shared_prompt: bool = False):
     full = (lambda p: p) if combine is None else (lambda p: combine(p, frozen))
+    prompt_group = group_size if shared_prompt else None
     b = batch.sample.tokens.shape[0]
     if b % group_size:
       raise ValueError(f'batch size {b} is not a multiple of group_size={group_size}')
@@ -307,7 +314,8 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
                        f'num_minibatches={num_minibatches}')
     data, scored = _score_batch(graphdef, cfg, full(state.params),
                                 None if ref_params is None else full(ref_params), batch,
-                                group_size, max_new_tokens, score_trainer=not single_pass)
+                                group_size, max_new_tokens, score_trainer=not single_pass,
+                                prompt_group=prompt_group)
     loss_kwargs = cfg.estimator_kwargs(max_new_tokens or batch.sample.tokens.shape[1])
     key_perm, key_loss = jax.random.split(key)
     rows = _minibatch_rows(key_perm, num_groups, group_size, num_epochs, num_minibatches,
@@ -319,7 +327,7 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
       mb, k = xs
       (_, (metrics, in_pass)), grads = jax.value_and_grad(
           lambda p, *a, **kw: loss_fn(full(p), *a, **kw), has_aux=True)(
-              params, mb, k, loss_kwargs=loss_kwargs)
+              params, mb, k, loss_kwargs=loss_kwargs, prompt_group=prompt_group)
       metrics['grad_norm'] = optax.global_norm(grads)
       updates, opt_state = tx.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
@@ -346,33 +354,59 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
     metrics['learning_rate_step'] = step.astype(jnp.float32)
     return TrainState(params=params, opt_state=opt_state, step=step), metrics
 
-  jitted = jax.jit(update, donate_argnums=(0,) if donate else ())
+  jitted = jax.jit(update, donate_argnums=(0,) if donate else (),
+                   static_argnames=('shared_prompt',))
 
   def checked_update(state, ref_params, batch, key, frozen=None):
-    _check_completion_layout(batch, max_new_tokens)
-    return jitted(state, ref_params, batch, key, frozen)
+    shared = _check_layout(batch, max_new_tokens, group_size if share_prompts else None)
+    return jitted(state, ref_params, batch, key, frozen, shared_prompt=shared)
 
-  checked_update.lower = jitted.lower
+  def lower(state, ref_params, batch, *args):
+    """The jitted update's `.lower` (its executable takes the same arguments, `*args` included)."""
+    shared = _check_layout(batch, max_new_tokens, group_size if share_prompts else None)
+    return jitted.lower(state, ref_params, batch, *args, shared_prompt=shared)
+
+  checked_update.lower = lower
   return checked_update
 
 
-_any_before = jax.jit(lambda m, start: jnp.any(m[:, :start] != 0), static_argnums=1)
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _layout_flags(tokens, input_mask, completion_mask, start: int, group_size: int):
+  """[completion tokens before column `start`, every group's rows share columns :start]."""
+  before = jnp.any(completion_mask[:, :start] != 0)
+  if not group_size:
+    return jnp.stack([before, jnp.array(False)])
+
+  def same(x):
+    prompts = x[:, :start].reshape(-1, group_size, start)
+    return jnp.all(prompts == prompts[:, :1])
+
+  return jnp.stack([before, same(tokens) & same(input_mask.astype(jnp.int32))])
 
 
-def _check_completion_layout(batch: TrainBatch, width: int | None):
-  """Refuses a batch with completion tokens outside the last `width` columns (never scored)."""
-  mask = batch.sample.completion_mask
+def _check_layout(batch: TrainBatch, width: int | None, group_size: int | None) -> bool:
+  """Refuses completion tokens outside the last `width` columns (never scored); returns
+  whether the groups of `group_size` rows share their prompt (the first L - width columns)."""
+  sample = batch.sample
+  mask = sample.completion_mask
   start = mask.shape[1] - width if width else 0
   if start <= 0 or isinstance(mask, jax.core.Tracer):
-    return
-  if bool(_any_before(mask, start)):
+    return False
+  if group_size and mask.shape[0] % group_size:
+    group_size = None  # The update itself refuses this batch, naming group_size.
+  before, shared = jax.device_get(_layout_flags(sample.tokens, sample.input_mask, mask, start,
+                                                group_size or 0))
+  if before:
     raise ValueError(f'max_new_tokens={width}: the batch has completion tokens before its last '
                      f'{width} columns (width {mask.shape[1]}); pass its completion width')
+  return bool(shared)
 
 
 def _make_loss_fn(graphdef: nnx.GraphDef, cfg: LossConfig, group_size: int,
                   completion_width: int | None, single_pass: bool):
-  """`loss_fn(params, minibatch, key, loss_kwargs) -> (total loss, (metrics, in_pass))`.
+  """`loss_fn(params, minibatch, key, loss_kwargs, prompt_group) -> (loss, (metrics, in_pass))`.
+
+  `prompt_group`: None, or the group size G when the minibatch's groups share their prompts.
 
   With `single_pass`, the minibatch is the whole batch without an `old_logp` (nor IS weights):
   the anchor is `stop_gradient` of this pass's log-probs, and `in_pass` holds what the separate
@@ -382,10 +416,10 @@ def _make_loss_fn(graphdef: nnx.GraphDef, cfg: LossConfig, group_size: int,
   need_entropy_grad = cfg.entropy_coef > 0
   return_entropy = need_entropy_grad or single_pass
 
-  def loss_fn(params, mb, key, loss_kwargs):
+  def loss_fn(params, mb, key, loss_kwargs, prompt_group=None):
     out = score_fn(graphdef, params, mb['tokens'], mb['input_mask'], mb['mask'],
                    temperature=cfg.temperature, return_entropy=return_entropy,
-                   completion_width=completion_width)
+                   completion_width=completion_width, group_size=prompt_group)
     logp, entropy = out if return_entropy else (out, None)
     in_pass = {}
     if single_pass:
@@ -435,7 +469,8 @@ def _is_weights(cfg: LossConfig, behavior_logp, trainer_logp, mask):
 
 
 def _score_batch(graphdef, cfg: LossConfig, params, ref_params, batch: TrainBatch,
-                 group_size: int, completion_width: int | None, *, score_trainer: bool = True
+                 group_size: int, completion_width: int | None, *, score_trainer: bool = True,
+                 prompt_group: int | None = None
                  ) -> tuple[dict[str, jax.Array], dict[str, Any]]:
   """The update's per-row data (the policy scored once before any step) and diagnostics.
 
@@ -443,6 +478,7 @@ def _score_batch(graphdef, cfg: LossConfig, params, ref_params, batch: TrainBatc
     score_trainer: run the no-gradient pass of the current policy; without it (the batch is
       used once) `data` has no `old_logp` nor IS weights and `scored` no trainer log-probs,
       entropy nor IS metrics: the loss pass supplies them.
+    prompt_group: None, or G when the batch's groups share their prompts (one prompt pass).
 
   Returns:
     `(data, scored)`: `data` holds what every mini-batch slices (tokens, masks, anchors,
@@ -454,7 +490,7 @@ def _score_batch(graphdef, cfg: LossConfig, params, ref_params, batch: TrainBatc
   input_mask = sample.input_mask.astype(jnp.int32)
   score = functools.partial(score_fn, graphdef, tokens=sample.tokens, input_mask=input_mask,
                             mask=mask, temperature=cfg.temperature,
-                            completion_width=completion_width)
+                            completion_width=completion_width, group_size=prompt_group)
   scored = {}
   if score_trainer:
     trainer_logp, entropy = jax.lax.stop_gradient(score(params, return_entropy=True))
