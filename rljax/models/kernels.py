@@ -1,11 +1,12 @@
 """Fast forms of the model's computations, each beside the plain one it must equal.
 
 * `attention` is `transformer.attention` (the plain reference: scores, mask, float32 softmax,
-  weighted sum written out as einsums) computed by `jax.nn.dot_product_attention`, which XLA
-  lowers to a fused attention (cuDNN's on GPU where it applies; on CPU a formulation that,
-  with the launcher's YNN fusion flag, ran the RL update's forward + backward in 7.0 s instead
-  of 13.3 s at 64 rows x 320 tokens and 1.2 s instead of 2.3 s at 64 x 80, 4-layer Llama,
-  hidden 256, 2 threads).
+  weighted sum written out as einsums). On CPU it moves the (kv) heads next to the batch
+  before the two matmuls and stacks each kv head's query heads into its rows, so XLA:CPU runs
+  fewer, larger matmuls than for the reference's layout (where it inserts its own transposes
+  around every batched matmul); elsewhere it is `jax.nn.dot_product_attention`, which XLA
+  lowers to a fused attention (cuDNN's on GPU where it applies). `benchmarks/rl_step.py`
+  times the update that runs it against TRL's and tunix's.
 * `shared_prompt_hidden_states` is `Transformer.hidden_states` (the plain reference) for a
   batch whose rows come in groups that share one prompt, as GRPO's G completions of a prompt
   do: each prompt runs through the layers once per group instead of once per row, and the
@@ -21,10 +22,16 @@ gradients, with padding and grouped-query heads.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rljax.models import sharding
+
+# As `transformer._MASK_VALUE`: finite, so a query that sees no key averages the values.
+_MASK_VALUE = -1e30
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
@@ -42,9 +49,31 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
   Returns:
     `[B, S, H * Dh]` in `v.dtype`.
   """
+  if jax.default_backend() == 'cpu':
+    return _head_major_attention(q, k, v, mask)
   b, s, h, d = q.shape
   out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=None)
   return out.astype(v.dtype).reshape(b, s, h * d)
+
+
+def _head_major_attention(q, k, v, mask):
+  """`attention` with (batch, kv head) leading: `[B, K, G S, Dh]` queries, `[B, K, T, Dh]` keys.
+
+  XLA:CPU runs batched matmuls as one small matmul per batch entry; moving the heads next to
+  the batch before the two matmuls (one explicit transpose of q, k, v and of the output) and
+  stacking each kv head's G query heads into its rows makes those matmuls fewer and larger.
+  """
+  b, s, h, d = q.shape
+  kv = k.shape[2]
+  g = h // kv
+  qh = q.reshape(b, s, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * s, d)
+  kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  scores = jnp.einsum('bkqd,bktd->bkqt', qh, kh, preferred_element_type=jnp.float32)
+  scores = scores * np.float32(1.0 / math.sqrt(d))
+  visible = jnp.tile(mask, (1, g, 1))[:, None]
+  probs = jax.nn.softmax(jnp.where(visible, scores, _MASK_VALUE), axis=-1).astype(v.dtype)
+  out = jnp.einsum('bkqt,bktd->bkqd', probs, vh)
+  return out.reshape(b, kv, g, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h * d)
 
 
 def shared_prompt_hidden_states(model, tokens: jax.Array, input_mask: jax.Array, *,
