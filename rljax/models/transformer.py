@@ -208,8 +208,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
               kv_layout: str = "BTKD") -> jax.Array:
   """Grouped-query softmax attention with a float32 softmax (the plain reference).
 
-  The training forward pass uses `rljax.models.kernels.attention`, the same function through
-  `jax.nn.dot_product_attention`; the sampler uses this one (its cache is 'BKTD').
+  The training forward pass uses `rljax.models.kernels.attention`, the same function in a
+  faster form; the sampler uses this one (its cache is 'BKTD').
 
   `out = softmax(q k^T / sqrt(Dh) + mask) v`, query head h using kv head h // (H / K).
 
