@@ -356,15 +356,20 @@ def make_rl_update(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, cfg
 
   jitted = jax.jit(update, donate_argnums=(0,) if donate else (),
                    static_argnames=('shared_prompt',))
+  return _with_layout_check(jitted, max_new_tokens, group_size if share_prompts else None)
+
+
+def _with_layout_check(jitted, width: int | None, group_size: int | None):
+  """`update(state, ref_params, batch, key, frozen=None)` calling `jitted` with the batch's
+  `shared_prompt` flag (see `_check_layout`); its `.lower` takes the same arguments."""
 
   def checked_update(state, ref_params, batch, key, frozen=None):
-    shared = _check_layout(batch, max_new_tokens, group_size if share_prompts else None)
+    shared = _check_layout(batch, width, group_size)
     return jitted(state, ref_params, batch, key, frozen, shared_prompt=shared)
 
   def lower(state, ref_params, batch, *args):
-    """The jitted update's `.lower` (its executable takes the same arguments, `*args` included)."""
-    shared = _check_layout(batch, max_new_tokens, group_size if share_prompts else None)
-    return jitted.lower(state, ref_params, batch, *args, shared_prompt=shared)
+    return jitted.lower(state, ref_params, batch, *args,
+                        shared_prompt=_check_layout(batch, width, group_size))
 
   checked_update.lower = lower
   return checked_update
