@@ -119,3 +119,12 @@ def test_shared_prompt_hidden_states_refuse_bad_shapes():
   with pytest.raises(ValueError, match='completion_width must be in'):
     kernels.shared_prompt_hidden_states(model, tokens, input_mask, group_size=2,
                                         completion_width=9)
+
+
+def test_score_refuses_group_size_without_completion_width():
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from rljax.models import score  # pylint: disable=g-import-not-at-top
+  graphdef, state = _model()
+  tokens, input_mask, cmask = _grouped_batch()
+  with pytest.raises(ValueError, match='group_size=2 needs completion_width'):
+    score(nnx.merge(graphdef, state), tokens, input_mask, cmask, group_size=2)

@@ -149,7 +149,7 @@ def score(model: Transformer, tokens: jax.Array, input_mask: jax.Array, mask: ja
       docstring).
     group_size: None, or G: rows `g G .. g G + G - 1` share their first `L - completion_width`
       columns (tokens and `input_mask`), and each group's prompt is run once (see the module
-      docstring). Needs `completion_width`; ignored when `completion_width` leaves no prompt
+      docstring). Needs `completion_width` (a ValueError without it); ignored when `completion_width` leaves no prompt
       column (`completion_width >= L`).
 
   Returns:
@@ -173,6 +173,9 @@ def score(model: Transformer, tokens: jax.Array, input_mask: jax.Array, mask: ja
   start = _scored_start(tokens.shape[1], completion_width)
   input_mask = input_mask.astype(jnp.int32)
   # Column t's distribution comes from position t - 1: project positions start-1 .. L-2 only.
+  if group_size is not None and completion_width is None:
+    raise ValueError(f"group_size={group_size} needs completion_width (the prompt is the "
+                     f"columns before the last completion_width).")
   prompt_width = tokens.shape[1] - (completion_width or tokens.shape[1])
   if group_size is not None and prompt_width >= 1:
     hidden = kernels.shared_prompt_hidden_states(model, tokens, input_mask,
