@@ -24,9 +24,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import malloc_defaults
 from experiments import xla_defaults
 
 xla_defaults.apply()  # before anything imports JAX
+malloc_defaults.apply()  # before JAX starts its threads
 
 from experiments import distributed  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -1,0 +1,60 @@
+"""glibc malloc options the launcher sets before JAX starts its threads, unless GLIBC_TUNABLES is set.
+
+XLA:CPU allocates each execution's buffers with `posix_memalign` on one of its worker threads,
+and frees them when the execution ends. With glibc's defaults, a block of that size taken on
+a worker thread's arena is `mmap`ed and freed with `munmap`, so every execution writes to fresh pages, and
+the kernel faults in and zeroes each of them. For the RL update of
+`benchmarks/rl_step.py --setting decode` that is one 3.3 GB block and about 930,000 page faults
+per step: a third of the step's CPU time is spent in the kernel. `apply` makes every thread
+allocate from the main heap (`M_ARENA_MAX=1`), serves large blocks from it instead of `mmap`
+(`M_MMAP_MAX=0`), and never returns its free top to the system (`M_TRIM_THRESHOLD=-1`), so
+the next execution reuses pages that are already mapped. The cost is that the process keeps
+the peak size of its heap until it exits. The options concern host memory only: on GPU and TPU
+the device buffers are not malloc's.
+
+`tests/test_malloc_defaults.py` counts the page faults of a worker thread's repeated large
+allocation with and without them. `benchmarks/rl_step.py` measures the step with them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+# mallopt's parameter numbers (glibc's malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+M_ARENA_MAX = -8
+# (parameter, value): one arena, no mmap for large blocks, no trimming of the heap's top.
+OPTIONS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
+
+
+def _glibc():
+  """The process's C library through ctypes if it is glibc (Linux), else None."""
+  if not sys.platform.startswith('linux'):
+    return None
+  try:
+    if not os.confstr('CS_GNU_LIBC_VERSION').startswith('glibc'):
+      return None
+    libc = ctypes.CDLL(None)
+    return libc if hasattr(libc, 'mallopt') else None
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def apply() -> bool:
+  """Sets `OPTIONS` with glibc's `mallopt`; True if it did.
+
+  Does nothing where GLIBC_TUNABLES is set, even empty (the user's choice of malloc options:
+  `GLIBC_TUNABLES= python -m experiments.launch` runs with glibc's defaults), and where the C
+  library is not glibc. Must run before JAX is first imported: a thread keeps the arena it
+  got at its first allocation.
+  """
+  if 'GLIBC_TUNABLES' in os.environ:
+    return False
+  libc = _glibc()
+  if libc is None:
+    return False
+  libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+  return all(libc.mallopt(param, value) == 1 for param, value in OPTIONS)
