@@ -11,10 +11,11 @@ system then runs GRPO steps on 8 prompts x 8 completions:
     --sft_steps=0 --num_epochs=1 --num_minibatches=1 --kl_coef=0`, AdamW) and its RL step
     `experiments.rl.rl_step` (curriculum, jitted sampler, grading, jitted update), with the
     launcher's default XLA flags (`experiments.xla_defaults`: XLA:CPU's YNN dot/reduce fusion
-    unless XLA_FLAGS is set) and malloc options (`experiments.malloc_defaults`: one glibc
-    arena that keeps its pages, so XLA:CPU's per-execution buffers are not faulted in afresh
-    each step, unless GLIBC_TUNABLES is set; the peers run with glibc's defaults unless
-    `--peer-malloc`); only the prompt pool and the grader are replaced by the benchmark's;
+    unless XLA_FLAGS is set) and the opt-in large-block malloc options
+    (`RLJAX_LARGE_BLOCK_MALLOC=1`, `experiments.malloc_defaults`: one glibc arena that keeps
+    its pages, so XLA:CPU's per-execution buffers are not faulted in afresh each step; off with
+    `--plain-malloc`; the peers run with glibc's defaults unless `--peer-malloc`); only the
+    prompt pool and the grader are replaced by the benchmark's;
   * TRL: `trl.GRPOTrainer` (`GRPOConfig(beta=0, num_iterations=1, loss_type='dapo',
     gradient_checkpointing=False, use_cpu=True, generation_kwargs={'use_cache': True})`), eager
     PyTorch, `model.generate` rollouts with a KV cache. The last option matters: under
@@ -65,7 +66,7 @@ Usage:
   python benchmarks/rl_step.py --setting long        # 256-token prompts, group size 8
   python benchmarks/rl_step.py --ynn-fusion          # YNN dot/reduce fusion for tunix too
   python benchmarks/rl_step.py --plain-xla           # rljax without the launcher's XLA flags
-  python benchmarks/rl_step.py --peer-malloc         # the launcher's malloc options for the peers
+  python benchmarks/rl_step.py --peer-malloc         # large-block malloc options for the peers
   python benchmarks/rl_step.py --plain-malloc        # rljax without them
   python benchmarks/rl_step.py --quick --peers ''    # smoke test of rljax alone
 """
@@ -97,8 +98,10 @@ LEARNING_RATE = 1e-6
 # The XLA CPU option the launcher sets by default (experiments/xla_defaults.py); rljax's process
 # gets it as the launcher would (unless XLA_FLAGS is set), tunix only with --ynn-fusion.
 YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type=dot,reduce'
-# Set by --peer-malloc: the peers' processes also apply the launcher's malloc options.
+# Set by --peer-malloc: the peers' processes also apply the large-block malloc options.
 _PEER_MALLOC = 'RLJAX_BENCHMARK_PEER_MALLOC'
+# Set by --plain-malloc: rljax's process runs with glibc's malloc defaults.
+_PLAIN_MALLOC = 'RLJAX_BENCHMARK_PLAIN_MALLOC'
 
 
 def _parse_args(argv=None):
@@ -116,10 +119,9 @@ def _parse_args(argv=None):
   p.add_argument('--plain-xla', action='store_true',
                  help="rljax without the launcher's XLA defaults (XLA_FLAGS='' unless set)")
   p.add_argument('--peer-malloc', action='store_true',
-                 help="the launcher's glibc malloc options for TRL and tunix too")
+                 help='the large-block glibc malloc options for TRL and tunix too')
   p.add_argument('--plain-malloc', action='store_true',
-                 help="rljax without the launcher's malloc options (GLIBC_TUNABLES='' unless "
-                 'set)')
+                 help='rljax with glibc malloc defaults')
   args = p.parse_args(argv)
   args.peers = [x for x in args.peers.split(',') if x]
   for peer in args.peers:
@@ -423,7 +425,8 @@ def _serve(name, conn, ckpt, spec, threads):
     if name == 'rljax':  # what `python -m experiments.launch` does before importing JAX
       from experiments import xla_defaults  # pylint: disable=g-import-not-at-top
       xla_defaults.apply()
-    if name == 'rljax' or os.environ.get(_PEER_MALLOC):
+    if (name == 'rljax' and not os.environ.get(_PLAIN_MALLOC)) or os.environ.get(_PEER_MALLOC):
+      os.environ[malloc_defaults.ENV_VAR] = '1'
       malloc_defaults.apply()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
@@ -552,8 +555,8 @@ def main(argv=None):
     os.environ.setdefault('XLA_FLAGS', '')
   if args.peer_malloc:  # read by the spawned processes (_serve)
     os.environ[_PEER_MALLOC] = '1'
-  if args.plain_malloc:  # malloc_defaults.apply() leaves a set GLIBC_TUNABLES alone
-    os.environ.setdefault('GLIBC_TUNABLES', '')
+  if args.plain_malloc:
+    os.environ[_PLAIN_MALLOC] = '1'
   names = tuple(SETTINGS) if args.setting == 'all' else (args.setting,)
   everything = {}
   for name in names:

@@ -1,4 +1,4 @@
-"""The launcher's glibc malloc options: a worker thread's large blocks reuse mapped pages."""
+"""The opt-in glibc malloc options: a worker thread's large blocks reuse mapped pages."""
 
 import os
 import subprocess
@@ -36,7 +36,8 @@ print('faults:', sum(faults[1:]))
 
 
 def _run(code, **env_changes):
-  env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('GLIBC_TUNABLES', malloc_defaults.ENV_VAR)}
   env.update(env_changes)
   env['PYTHONPATH'] = os.pathsep.join(filter(None, [os.getcwd(), env.get('PYTHONPATH')]))
   return subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
@@ -50,16 +51,19 @@ def _value(out, key):
 @pytest.mark.skipif(not _GLIBC, reason='glibc only (the C library of the Linux CI machine)')
 def test_a_worker_threads_large_blocks_reuse_their_pages():
   pages = (64 << 20) // os.sysconf('SC_PAGESIZE')
-  with_options = _run(_ROUNDS)
+  with_options = _run(_ROUNDS, **{malloc_defaults.ENV_VAR: '1'})
   assert _value(with_options, 'applied') == 'True'
   assert int(_value(with_options, 'faults')) < pages // 10
-  # glibc's defaults (GLIBC_TUNABLES set, so apply() leaves them): each round maps fresh pages.
-  defaults = _run(_ROUNDS, GLIBC_TUNABLES='')
+  # glibc's defaults (the variable unset, so apply() leaves them): each round maps fresh pages.
+  defaults = _run(_ROUNDS)
   assert _value(defaults, 'applied') == 'False'
   assert int(_value(defaults, 'faults')) > 2 * pages
 
 
-def test_leaves_a_users_glibc_tunables_alone(monkeypatch):
+def test_off_unless_asked_and_leaves_a_users_glibc_tunables_alone(monkeypatch):
+  monkeypatch.delenv(malloc_defaults.ENV_VAR, raising=False)
+  assert not malloc_defaults.apply()
+  monkeypatch.setenv(malloc_defaults.ENV_VAR, '1')
   monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.arena_max=2')
   assert not malloc_defaults.apply()
 
@@ -74,6 +78,6 @@ def test_the_launcher_applies_them_before_jax_is_imported():
           "  return True\n"
           "malloc_defaults.apply = spy\n"
           "import experiments.launch\n")
-  out = _run(code)
+  out = _run(code, **{malloc_defaults.ENV_VAR: '1'})
   assert _value(out, 'jax imported first') == 'False'
   assert _value(out, 'applied') == str(_GLIBC)
