@@ -51,14 +51,16 @@ Differences in work that remain:
   * TRL and tunix tokenize the prompt text each step (tens of microseconds here).
 
 Timing: each system lives in its own process with `--threads` CPU threads (affinity and
-intra-op threads; `OMP_WAIT_POLICY=PASSIVE` unless set, see `_limit_threads`); after `--warmup` untimed steps (compilation, first allocations) the systems
-run in alternating blocks of `--steps` steps (`--blocks` rounds), so load from other processes
-falls on every system. Reported per system: median step time with the range of the block
-medians, the rollout (sampling + reward) / update split, the process CPU seconds per step (all
-threads; less sensitive to other processes' load than wall time), the first step's time less the median
-("compile", for rljax the two jits; for TRL/tunix their warm-up), the process's peak resident
-memory, and each peer's median step over rljax's (the throughput ratio). In the long-prompt
-setting rljax's rollout is also timed with every prompt repeated G times (no shared prefill).
+intra-op threads; `OMP_WAIT_POLICY=PASSIVE` unless set, see `_limit_threads`); after
+`--warmup` untimed steps (compilation, first allocations) the systems run in alternating blocks
+of `--steps` steps (`--blocks` rounds), so load from other processes falls on every system.
+Reported per system: median step time with the range of the block medians, the rollout
+(sampling + reward) / update split, the process CPU seconds per step (all threads; less
+sensitive to other processes' load than wall time) and its minor page faults per step, the
+first step's time less the median ("compile", for rljax the two jits; for TRL/tunix their
+warm-up), the process's peak resident memory, and each peer's median step over rljax's (the
+throughput ratio). In the long-prompt setting rljax's rollout is also timed with every prompt
+repeated G times (no shared prefill).
 
 Usage:
   python benchmarks/rl_step.py                       # 8 x 8 x 64, every system
@@ -447,10 +449,11 @@ def _serve(name, conn, ckpt, spec, threads):
 
 
 def _with_cpu_time(step):
-  """`step()`'s times and the CPU seconds of this process (all its threads) it took."""
-  c0 = time.process_time()
+  """`step()`'s times, and the CPU seconds and minor page faults of this process it took."""
+  c0, u0 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
   out = step()
-  return dict(out, cpu=time.process_time() - c0)
+  u1 = resource.getrusage(resource.RUSAGE_SELF)
+  return dict(out, cpu=time.process_time() - c0, faults=u1.ru_minflt - u0.ru_minflt)
 
 
 class _System:
@@ -522,6 +525,7 @@ def summarize(s: _System) -> dict:
   warm = s.info.get('warmup') or []
   out = {'step': med('step'), 'block_min': min(blocks), 'block_max': max(blocks),
          'rollout': med('rollout'), 'update': med('update'), 'cpu': med('cpu'),
+         'faults': med('faults'),
          'compile': (warm[0]['step'] - med('step')) if warm else float('nan'),
          'peak_rss_mib': s.info.get('peak_rss_mib', float('nan'))}
   if s.info.get('extra'):
@@ -533,7 +537,8 @@ def report(name: str, spec: dict, results: dict) -> None:
   print(f'\n== {name}: {spec["num_prompts"]} prompts x {spec["group_size"]} completions, '
         f'{spec["prompt_len"]}-token prompts, {spec["new_tokens"]} new tokens')
   print(f'{"system":8s} {"step s (block range)":>24s} {"rollout s":>10s} {"update s":>9s} '
-        f'{"cpu s":>6s} {"compile s":>10s} {"peak MiB":>9s} {"rljax speed-up":>15s}')
+        f'{"cpu s":>6s} {"faults":>9s} {"compile s":>10s} {"peak MiB":>9s} '
+        f'{"rljax speed-up":>15s}')
   base = results.get('rljax', {}).get('step')
   for system, r in results.items():
     if 'error' in r:
@@ -542,7 +547,7 @@ def report(name: str, spec: dict, results: dict) -> None:
     ratio = f'{r["step"] / base:.2f}x' if base and system != 'rljax' else ''
     rng = f'{r["step"]:.3f} ({r["block_min"]:.3f}-{r["block_max"]:.3f})'
     print(f'{system:8s} {rng:>24s} {r["rollout"]:10.3f} {r["update"]:9.3f} {r["cpu"]:6.2f} '
-          f'{r["compile"]:10.2f} {r["peak_rss_mib"]:9.0f} {ratio:>15s}')
+          f'{r["faults"]:9.0f} {r["compile"]:10.2f} {r["peak_rss_mib"]:9.0f} {ratio:>15s}')
     for variant, t in (r.get('rollout_variants') or {}).items():
       print(f'{"":8s} sampler alone, {variant}: {t:.3f} s')
 

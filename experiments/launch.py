@@ -28,7 +28,10 @@ from experiments import malloc_defaults
 from experiments import xla_defaults
 
 xla_defaults.apply()  # before anything imports JAX
-malloc_defaults.apply()  # with RLJAX_LARGE_BLOCK_MALLOC=1; before JAX starts its threads
+try:
+  malloc_defaults.apply()  # with RLJAX_LARGE_BLOCK_MALLOC=1; before JAX starts its threads
+except ValueError as e:
+  sys.exit(f'FATAL {e}')  # a user's mistake: one line, no traceback
 
 from experiments import distributed  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -1,24 +1,18 @@
 """glibc malloc options for large CPU steps, set before JAX starts its threads where ENV_VAR is 1.
 
 XLA:CPU allocates each execution's buffers with `posix_memalign` on one of its worker threads,
-and frees them when the execution ends. With glibc's defaults, a block of that size taken on
-a worker thread's arena is `mmap`ed and freed with `munmap`, so every execution writes to fresh pages, and
-the kernel faults in and zeroes each of them. For the RL update of
-`benchmarks/rl_step.py --setting decode` that is one 3.3 GB block and about 930,000 page faults
-per step: a third of the step's CPU time is spent in the kernel. `apply` makes every thread
-allocate from the main heap (`M_ARENA_MAX=1`), serves large blocks from it instead of `mmap`
-(`M_MMAP_MAX=0`), and never returns its free top to the system (`M_TRIM_THRESHOLD=-1`), so
-the next execution reuses pages that are already mapped. The cost is that the process keeps
-the peak size of its heap until it exits. The options concern host memory only: on GPU and TPU
-the device buffers are not malloc's.
+and frees them when the execution ends. With glibc's defaults, a block of that size taken on a
+worker thread's arena is `mmap`ed and freed with `munmap`, so every execution writes to fresh
+pages, and the kernel faults in and zeroes each of them: about a million page faults per step of
+`benchmarks/rl_step.py --setting decode` (it prints them; the README quotes a run). `apply`
+makes every thread allocate from the main heap (`M_ARENA_MAX=1`), serves large blocks from it
+instead of `mmap` (`M_MMAP_MAX=0`), and never returns its free top to the system
+(`M_TRIM_THRESHOLD=-1`), so the next execution reuses pages that are already mapped. The cost is
+that the process keeps the peak size of its heap until it exits. The options concern host memory
+only: on GPU and TPU the device buffers are not malloc's.
 
 They are opt-in (`RLJAX_LARGE_BLOCK_MALLOC=1`): with one arena, small steps pay for the shared
-lock. On the default experiment (`experiments/configs/arithmetic_grpo.flags`, two runs each)
-they made the median RL step 0.24 s instead of 0.16 s, while the decode-setting update above
-took 3.6-3.8 s instead of 4.7-5.1 s.
-
-`tests/test_malloc_defaults.py` counts the page faults of a worker thread's repeated large
-allocation with and without them. `benchmarks/rl_step.py` measures the step with them.
+lock, and the default experiment's RL steps are slower with them (the README gives the runs).
 """
 
 from __future__ import annotations
@@ -33,7 +27,7 @@ M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 # (parameter, value): one arena, no mmap for large blocks, no trimming of the heap's top.
 OPTIONS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
-# The environment variable that turns the options on ('1'); anything else leaves glibc alone.
+# The environment variable that turns the options on: '1' on; unset, '' or '0' off.
 ENV_VAR = 'RLJAX_LARGE_BLOCK_MALLOC'
 
 
@@ -53,11 +47,17 @@ def _glibc():
 def apply() -> bool:
   """Sets `OPTIONS` with glibc's `mallopt` where `ENV_VAR` is '1'; True if it did.
 
-  Does nothing otherwise, where GLIBC_TUNABLES is set (the user's own malloc options), and
-  where the C library is not glibc. Must run before JAX is first imported: a thread keeps the
-  arena it got at its first allocation.
+  Does nothing where it is unset, '' or '0', where GLIBC_TUNABLES is set (the user's own
+  malloc options), and where the C library is not glibc. Must run before JAX is first
+  imported: a thread keeps the arena it got at its first allocation.
+
+  Raises:
+    ValueError: `ENV_VAR` has another value (named in the message).
   """
-  if os.environ.get(ENV_VAR) != '1' or 'GLIBC_TUNABLES' in os.environ:
+  value = os.environ.get(ENV_VAR, '')
+  if value not in ('', '0', '1'):
+    raise ValueError(f'{ENV_VAR} must be 0 or 1, got {value!r}')
+  if value != '1' or 'GLIBC_TUNABLES' in os.environ:
     return False
   libc = _glibc()
   if libc is None:

@@ -81,3 +81,15 @@ def test_the_launcher_applies_them_before_jax_is_imported():
   out = _run(code, **{malloc_defaults.ENV_VAR: '1'})
   assert _value(out, 'jax imported first') == 'False'
   assert _value(out, 'applied') == str(_GLIBC)
+
+
+def test_a_bad_value_is_one_line_naming_the_variable(monkeypatch):
+  monkeypatch.setenv(malloc_defaults.ENV_VAR, 'yes')
+  with pytest.raises(ValueError, match="RLJAX_LARGE_BLOCK_MALLOC must be 0 or 1, got 'yes'"):
+    malloc_defaults.apply()
+  env = {k: v for k, v in os.environ.items()}
+  env['PYTHONPATH'] = os.pathsep.join(filter(None, [os.getcwd(), env.get('PYTHONPATH')]))
+  run = subprocess.run([sys.executable, '-m', 'experiments.launch', '--workdir=/tmp/unused'],
+                       env=env, capture_output=True, text=True, timeout=120)
+  assert run.returncode != 0
+  assert run.stderr.strip() == "FATAL RLJAX_LARGE_BLOCK_MALLOC must be 0 or 1, got 'yes'"
