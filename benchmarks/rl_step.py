@@ -15,7 +15,13 @@ system then runs GRPO steps on 8 prompts x 8 completions:
     (`RLJAX_LARGE_BLOCK_MALLOC=1`, `experiments.malloc_defaults`: one glibc arena that keeps
     its pages, so XLA:CPU's per-execution buffers are not faulted in afresh each step; off with
     `--plain-malloc`; the peers run with glibc's defaults unless `--peer-malloc`); only the
-    prompt pool and the grader are replaced by the benchmark's;
+    prompt pool and the grader are replaced by the benchmark's. 'rljax' runs on one XLA:CPU
+    device, the launcher's default; 'rljax:2' (each count in `--rljax-devices` other than 1)
+    is the same run with the launcher's `--cpu_devices=2 --mesh_data=2`: the host is split
+    into two XLA:CPU devices and every batch's rows into two halves, one per device. Both get
+    the same `--threads` cores. The split pays where XLA:CPU runs work on one thread: a
+    decode step's attention over the KV cache is a batched matmul of small matrices, which
+    XLA:CPU runs on one thread per device;
   * TRL: `trl.GRPOTrainer` (`GRPOConfig(beta=0, num_iterations=1, loss_type='dapo',
     gradient_checkpointing=False, use_cpu=True, generation_kwargs={'use_cache': True})`), eager
     PyTorch, `model.generate` rollouts with a KV cache. The last option matters: under
@@ -48,7 +54,9 @@ Differences in work that remain:
     random model that is almost always N tokens;
   * tunix's loss aggregation is per sequence then mean (`loss_agg_mode` default), the others
     per token over the batch (a different normaliser, not different FLOPs);
-  * TRL and tunix tokenize the prompt text each step (tens of microseconds here).
+  * TRL and tunix tokenize the prompt text each step (tens of microseconds here);
+  * 'rljax:2' splits the cores into two XLA:CPU devices; TRL runs in one process whose torch
+    ops use the cores through intra-op threads, and tunix on a one-device mesh.
 
 Timing: each system lives in its own process with `--threads` CPU threads (affinity and
 intra-op threads; `OMP_WAIT_POLICY=PASSIVE` unless set, see `_limit_threads`); after
@@ -58,9 +66,9 @@ Reported per system: median step time with the range of the block medians, the r
 (sampling + reward) / update split, the process CPU seconds per step (all threads; less
 sensitive to other processes' load than wall time) and its minor page faults per step, the
 first step's time less the median ("compile", for rljax the two jits; for TRL/tunix their
-warm-up), the process's peak resident memory, and each peer's median step over rljax's (the
-throughput ratio). In the long-prompt setting rljax's rollout is also timed with every prompt
-repeated G times (no shared prefill).
+warm-up), the process's peak resident memory, and each peer's median step over each rljax
+system's (the throughput ratios, one column per rljax system). In the long-prompt setting
+rljax's rollout is also timed with every prompt repeated G times (no shared prefill).
 
 Usage:
   python benchmarks/rl_step.py                       # 8 x 8 x 64, every system
@@ -70,6 +78,7 @@ Usage:
   python benchmarks/rl_step.py --plain-xla           # rljax without the launcher's XLA flags
   python benchmarks/rl_step.py --peer-malloc         # large-block malloc options for the peers
   python benchmarks/rl_step.py --plain-malloc        # rljax without them
+  python benchmarks/rl_step.py --rljax-devices 1     # rljax on one XLA:CPU device only
   python benchmarks/rl_step.py --quick --peers ''    # smoke test of rljax alone
 """
 
@@ -114,6 +123,9 @@ def _parse_args(argv=None):
   p.add_argument('--blocks', type=int, default=3, help='alternating blocks')
   p.add_argument('--warmup', type=int, default=2, help='untimed steps first')
   p.add_argument('--threads', type=int, default=2, help='CPU threads per system')
+  p.add_argument('--rljax-devices', default='1,2',
+                 help='comma-separated XLA:CPU device counts, one rljax system each '
+                      "(N > 1: 'rljax:N', the launcher's --cpu_devices=N --mesh_data=N)")
   p.add_argument('--quick', action='store_true', help='tiny shapes, 1 block of 1 step')
   p.add_argument('--json', default='', help='also write the results to this file')
   p.add_argument('--ynn-fusion', action='store_true',
@@ -129,6 +141,14 @@ def _parse_args(argv=None):
   for peer in args.peers:
     if peer not in ('trl', 'tunix'):
       raise SystemExit(f'--peers: unknown peer {peer!r} (trl, tunix)')
+  try:
+    counts = [int(x) for x in args.rljax_devices.split(',') if x.strip()]
+  except ValueError:
+    counts = []
+  if not counts or min(counts) < 1 or len(set(counts)) < len(counts):
+    raise SystemExit(f'--rljax-devices must be distinct positive integers, e.g. 1,2; got '
+                     f'{args.rljax_devices!r}')
+  args.rljax = [_rljax_name(n) for n in counts]
   if args.peer_malloc and args.plain_malloc:
     raise SystemExit('--peer-malloc and --plain-malloc: choose one')
   if args.quick:
@@ -175,8 +195,23 @@ def reward(text: str) -> float:
 # ------------------------------------------------------------------------ the systems
 
 
-def _rljax(ckpt, spec, workdir):
-  """`step() -> {'rollout', 'update'}` of the launcher's RL step on the benchmark's prompts."""
+def _rljax_name(devices: int) -> str:
+  """The system name of rljax on `devices` XLA:CPU devices: 'rljax' or 'rljax:N'."""
+  return 'rljax' if devices == 1 else f'rljax:{devices}'
+
+
+def _system_devices(name: str) -> tuple[str, int]:
+  """('rljax', 2) for 'rljax:2'; a peer's name with 1."""
+  base, _, n = name.partition(':')
+  return base, int(n or 1)
+
+
+def _rljax(ckpt, spec, workdir, devices=1):
+  """`step() -> {'rollout', 'update'}` of the launcher's RL step on the benchmark's prompts.
+
+  With `devices` > 1 the run has the launcher's `--cpu_devices=N --mesh_data=N` (the caller's
+  process has already split the host into N devices, as the launcher does before JAX starts).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from experiments import rl  # pylint: disable=g-import-not-at-top
@@ -188,19 +223,21 @@ def _rljax(ckpt, spec, workdir):
                   kl_coef=0.0, estimator='grpo', optimizer='adamw',
                   learning_rate=LEARNING_RATE, rl_pool_size=spec['num_prompts'],
                   eval_num=1, sft_num_demos=1, eval_every=0, checkpoint_every=0,
-                  tensorboard=False, console=False)
+                  tensorboard=False, console=False, cpu_devices=devices, mesh_data=devices)
   harness = train.Harness(config, workdir)
   texts = prompt_texts(spec['num_prompts'], spec['prompt_len'])
   ids, mask = harness.tok.encode_batch(texts, max_len=spec['prompt_len'], add_bos=False)
   harness.data = dataclasses.replace(harness.data, task=_Grader(), pool_prompts=texts,
                                      pool_ids=np.asarray(ids), pool_mask=np.asarray(mask))
-  state = harness._enter_rl(harness.init_params)  # pylint: disable=protected-access
+  with jax.set_mesh(harness.mesh):  # as `Harness.run` holds it around every phase
+    state = harness._enter_rl(harness.init_params)  # pylint: disable=protected-access
   rl_key = jax.random.fold_in(harness.base_key, train._RL_STREAM)  # pylint: disable=protected-access
   count = [0]
 
   def step():
     nonlocal state
-    state, m = rl.rl_step(harness, state, count[0], rl_key)
+    with jax.set_mesh(harness.mesh):
+      state, m = rl.rl_step(harness, state, count[0], rl_key)
     count[0] += 1
     rollout = m['sample_time'] + m['reward_time']
     return {'rollout': rollout, 'update': m['step_time'] - rollout, 'step': m['step_time']}
@@ -224,19 +261,22 @@ def _repeated_prompt_rollout(harness, state, ids, mask, spec):
   """Seconds of the launcher's sampler with shared prefill and with every prompt repeated G."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from rljax.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   g, params, key = spec['group_size'], state['train'].params, jax.random.key(0)
   runs = {'shared_prefill': (harness.sampler(1.0, g), ids, mask),
           'repeated_prompts': (harness.sampler(1.0, 1), np.repeat(ids, g, 0),
                                np.repeat(mask, g, 0))}
   out = {}
-  for name, (fn, x, m) in runs.items():
-    jax.block_until_ready(fn(params, x, m, key))  # compiles
-    times = []
-    for _ in range(3):
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn(params, x, m, key).tokens)
-      times.append(time.perf_counter() - t0)
-    out[name] = statistics.median(times)
+  with jax.set_mesh(harness.mesh):
+    for name, (fn, x, m) in runs.items():
+      x, m = mesh_lib.shard_batch((x, m), harness.mesh)
+      jax.block_until_ready(fn(params, x, m, key))  # compiles
+      times = []
+      for _ in range(3):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(params, x, m, key).tokens)
+        times.append(time.perf_counter() - t0)
+      out[name] = statistics.median(times)
   return out
 
 
@@ -424,15 +464,19 @@ def _serve(name, conn, ckpt, spec, threads):
   try:
     _limit_threads(threads)
     from experiments import malloc_defaults  # pylint: disable=g-import-not-at-top
-    if name == 'rljax':  # what `python -m experiments.launch` does before importing JAX
+    system, devices = _system_devices(name)
+    if system == 'rljax':  # what `python -m experiments.launch` does before JAX starts
       from experiments import xla_defaults  # pylint: disable=g-import-not-at-top
       xla_defaults.apply()
-    if (name == 'rljax' and not os.environ.get(_PLAIN_MALLOC)) or os.environ.get(_PEER_MALLOC):
+      xla_defaults.set_cpu_devices(devices)
+    if (system == 'rljax' and not os.environ.get(_PLAIN_MALLOC)) or os.environ.get(_PEER_MALLOC):
       os.environ[malloc_defaults.ENV_VAR] = '1'
       malloc_defaults.apply()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
-      step, extra = SYSTEMS[name](ckpt, spec, workdir)
+      build = SYSTEMS[system]
+      step, extra = build(ckpt, spec, workdir, devices) if system == 'rljax' else build(
+          ckpt, spec, workdir)
       conn.send({'setup': time.perf_counter() - t0})
       while True:
         k = conn.recv()
@@ -440,7 +484,9 @@ def _serve(name, conn, ckpt, spec, threads):
           break
         conn.send([_with_cpu_time(step) for _ in range(k)])
       peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-      conn.send({'peak_rss_mib': peak, 'extra': extra() if extra else None})
+      jax = sys.modules.get('jax')  # the JAX systems' device count, for the JSON
+      conn.send({'peak_rss_mib': peak, 'extra': extra() if extra else None,
+                 'devices': jax.local_device_count() if jax else None})
   except BaseException as e:  # pylint: disable=broad-except
     conn.send({'error': f'{type(e).__name__}: {e}',
                'trace': traceback.format_exc(limit=6)})
@@ -502,7 +548,7 @@ def run_setting(name: str, spec: dict, args) -> dict:
   with tempfile.TemporaryDirectory() as ckpt:
     make_checkpoint(ckpt, max_len=spec['prompt_len'] + spec['new_tokens'] + 16)
     spec = dict(spec, long=name == 'long')
-    systems = [_System(s, ckpt, spec, args.threads) for s in ['rljax'] + args.peers]
+    systems = [_System(s, ckpt, spec, args.threads) for s in args.rljax + args.peers]
     for s in systems:
       s.run(args.warmup, keep=False)
     for b in range(args.blocks):
@@ -527,27 +573,31 @@ def summarize(s: _System) -> dict:
          'rollout': med('rollout'), 'update': med('update'), 'cpu': med('cpu'),
          'faults': med('faults'),
          'compile': (warm[0]['step'] - med('step')) if warm else float('nan'),
-         'peak_rss_mib': s.info.get('peak_rss_mib', float('nan'))}
+         'peak_rss_mib': s.info.get('peak_rss_mib', float('nan')),
+         'devices': s.info.get('devices')}
   if s.info.get('extra'):
     out['rollout_variants'] = s.info['extra']
   return out
 
 
 def report(name: str, spec: dict, results: dict) -> None:
+  """Prints one setting's table: a row per system, a speed-up column per rljax system."""
   print(f'\n== {name}: {spec["num_prompts"]} prompts x {spec["group_size"]} completions, '
         f'{spec["prompt_len"]}-token prompts, {spec["new_tokens"]} new tokens')
+  bases = {s: r['step'] for s, r in results.items()
+           if _system_devices(s)[0] == 'rljax' and 'step' in r}
   print(f'{"system":8s} {"step s (block range)":>24s} {"rollout s":>10s} {"update s":>9s} '
-        f'{"cpu s":>6s} {"faults":>9s} {"compile s":>10s} {"peak MiB":>9s} '
-        f'{"rljax speed-up":>15s}')
-  base = results.get('rljax', {}).get('step')
+        f'{"cpu s":>6s} {"faults":>9s} {"compile s":>10s} {"peak MiB":>9s} ' +
+        ' '.join(f'{"vs " + b:>10s}' for b in bases))
   for system, r in results.items():
     if 'error' in r:
       print(f'{system:8s} not run: {r["error"]}')
       continue
-    ratio = f'{r["step"] / base:.2f}x' if base and system != 'rljax' else ''
+    ratios = ' '.join(f'{r["step"] / t:9.2f}x' if system not in bases else f'{"":10s}'
+                      for t in bases.values())
     rng = f'{r["step"]:.3f} ({r["block_min"]:.3f}-{r["block_max"]:.3f})'
     print(f'{system:8s} {rng:>24s} {r["rollout"]:10.3f} {r["update"]:9.3f} {r["cpu"]:6.2f} '
-          f'{r["faults"]:9.0f} {r["compile"]:10.2f} {r["peak_rss_mib"]:9.0f} {ratio:>15s}')
+          f'{r["faults"]:9.0f} {r["compile"]:10.2f} {r["peak_rss_mib"]:9.0f} {ratios}'.rstrip())
     for variant, t in (r.get('rollout_variants') or {}).items():
       print(f'{"":8s} sampler alone, {variant}: {t:.3f} s')
 
@@ -571,7 +621,8 @@ def main(argv=None):
   if args.json:
     with open(args.json, 'w', encoding='utf-8') as f:
       json.dump(everything, f, indent=1)
-  failed = [n for n, r in everything.items() if 'error' in r.get('rljax', {'error': 1})]
+  failed = [n for n, r in everything.items()
+            if any('error' in r.get(s, {'error': 1}) for s in args.rljax)]
   return 1 if failed else 0
 
 

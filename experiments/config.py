@@ -221,6 +221,9 @@ class _ConfigBase:
   mesh_data: int = _f(1, 'Devices on the data axis of the mesh.', lo=1)
   mesh_fsdp: int = _f(1, 'Devices on the fsdp axis.', lo=1)
   mesh_tensor: int = _f(1, 'Devices on the tensor axis.', lo=1)
+  cpu_devices: int = _f(0, 'XLA:CPU devices the host is split into before JAX starts, for '
+                        '--mesh_data to spread the rows over (0: JAX\'s default, one unless '
+                        'XLA_FLAGS sets more; no effect on GPU and TPU).', lo=0)
   param_dtype: str = _f('float32', 'Dtype the policy\'s parameters (and so its gradients and '
                         'optimizer state) are stored in; float32 is the only one the RL and '
                         'warm-start optimizers accept (bfloat16 would keep the optimizer state '

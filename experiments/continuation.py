@@ -20,13 +20,14 @@ from experiments.config import FlagValueError
 # - how often it checkpoints and how many it keeps (the state saved is the same);
 # - the evaluation cadence (evaluations draw from their own random stream and leave the
 #   training state untouched, so training is the same with more or fewer of them);
-# - the device mesh (where the arrays live, not what is computed; restored checkpoints are
-#   resharded onto the new mesh; only the order of floating-point reductions may change);
+# - the device mesh and --cpu_devices (where the arrays live, not what is computed; restored
+#   checkpoints are resharded onto the new mesh; only the order of floating-point reductions
+#   may change);
 # - --override itself, and --hf_tokenizer (deprecated, no effect).
 RUN_INVARIANT_FLAGS = frozenset({
     'console', 'tensorboard', 'log_every', 'checkpoint_every', 'keep_checkpoints',
-    'eval_every', 'sft_eval_every', 'mesh_data', 'mesh_fsdp', 'mesh_tensor', 'override',
-    'hf_tokenizer',
+    'eval_every', 'sft_eval_every', 'mesh_data', 'mesh_fsdp', 'mesh_tensor', 'cpu_devices',
+    'override', 'hf_tokenizer',
 })
 
 # Flags that change the shape or meaning of the checkpointed state (parameter shapes, token ids,

@@ -68,6 +68,7 @@ def main(argv):
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO.
   # Before anything touches a device; validation above touches none.
+  xla_defaults.set_cpu_devices(config.cpu_devices)
   distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
                          FLAGS.process_id)
   # Imported after validation so that a bad flag fails before JAX starts.

@@ -106,9 +106,14 @@ def _check_devices(config: Config) -> None:
   """The mesh fits the devices (one line naming the flags, before a mesh is built)."""
   c = config
   n, have = c.mesh_data * c.mesh_fsdp * c.mesh_tensor, jax.device_count()
+  on_cpu = jax.default_backend() == 'cpu'
+  if on_cpu and c.cpu_devices and jax.local_device_count() != c.cpu_devices:
+    raise FlagValueError(
+        f'--cpu_devices={c.cpu_devices}, but JAX started with {jax.local_device_count()} CPU '
+        'devices: the count is set before JAX starts (python -m experiments.launch does; a '
+        'script calls experiments.xla_defaults.set_cpu_devices before touching a device)')
   if n > have:
-    hint = (f' (on CPU, XLA_FLAGS=--xla_force_host_platform_device_count={n} set before JAX '
-            'starts makes that many)' if jax.default_backend() == 'cpu' else '')
+    hint = (f' (on CPU, --cpu_devices={n} makes that many)' if on_cpu else '')
     raise FlagValueError(f'--mesh_data={c.mesh_data} x --mesh_fsdp={c.mesh_fsdp} x '
                          f'--mesh_tensor={c.mesh_tensor} = {n} devices, but there are only '
                          f'{have} {jax.default_backend()} devices{hint}')

@@ -5,6 +5,7 @@ independent eager-PyTorch implementation and exits with an error on a mismatch, 
 parity test as well. No timing is asserted (speed goals are checked by the benchmarks, not here).
 """
 
+import json
 import os
 import re
 import subprocess
@@ -87,10 +88,16 @@ def test_scaling_benchmark_runs_and_shards_the_parameters():
 
 
 @needs_torch
-def test_rl_step_benchmark_runs():
-  # rljax alone (TRL and tunix are not test dependencies); the long-prompt setting also times
-  # the sampler with and without the shared prefill.
-  out = _run('rl_step.py', '--quick', '--peers', '', '--setting', 'long')
-  assert re.search(r'^rljax +[\d.]+ \([\d.]+-[\d.]+\)( +-?[\d.]+){4} ', out, re.M), out
+def test_rl_step_benchmark_runs(tmp_path):
+  # rljax alone, on one and on two XLA:CPU devices (TRL and tunix are not test dependencies);
+  # the long-prompt setting also times the sampler with and without the shared prefill.
+  path = os.path.join(tmp_path, 'rl_step.json')
+  out = _run('rl_step.py', '--quick', '--peers', '', '--setting', 'long', '--json', path)
+  with open(path, encoding='utf-8') as f:
+    results = json.load(f)['long']
+  assert results['rljax']['devices'] == 1 and results['rljax:2']['devices'] == 2, results
+  for system in ('rljax', 'rljax:2'):
+    assert re.search(rf'^{system} +[\d.]+ \([\d.]+-[\d.]+\)( +-?[\d.]+){{4}} ', out, re.M), out
+  assert re.search(r'^system .* vs rljax +vs rljax:2$', out, re.M), out
   for variant in ('shared_prefill', 'repeated_prompts'):
-    assert re.search(rf'sampler alone, {variant}: [\d.]+ s', out), out
+    assert len(re.findall(rf'sampler alone, {variant}: [\d.]+ s', out)) == 2, out

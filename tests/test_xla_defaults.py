@@ -1,6 +1,7 @@
 """The launcher's default XLA flags: set only where the user has not set XLA_FLAGS."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -38,3 +39,52 @@ def test_the_launcher_applies_them_before_jax_is_imported():
                        check=True, timeout=120).stdout
   assert 'jax imported first: False' in out
   assert f'XLA_FLAGS: {YNN}' in out
+
+
+def _devices_after(code_before, xla_flags):
+  """`jax.local_device_count()` in a fresh process that runs `code_before` first."""
+  env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS='cpu')
+  env['PYTHONPATH'] = os.pathsep.join(filter(None, [os.getcwd(), env.get('PYTHONPATH')]))
+  code = ("from experiments import xla_defaults\n" + code_before +
+          "import jax\nprint('devices:', jax.local_device_count())\n")
+  out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                       check=True, timeout=120).stdout
+  return int(out.split('devices:')[1])
+
+
+def test_set_cpu_devices_splits_the_host_over_xla_flags():
+  eight = '--xla_force_host_platform_device_count=8'
+  assert _devices_after("assert xla_defaults.set_cpu_devices(3)\n", eight) == 3
+  assert _devices_after("assert xla_defaults.set_cpu_devices(2)\n", '') == 2
+  # 0 (the flag's default) leaves JAX's own count: XLA_FLAGS', else one.
+  assert _devices_after("assert not xla_defaults.set_cpu_devices(0)\n", eight) == 8
+  assert _devices_after("assert not xla_defaults.set_cpu_devices(0)\n", '') == 1
+
+
+def test_the_launcher_sets_cpu_devices_before_the_mesh_is_checked(tmp_path):
+  # XLA_FLAGS asks for 8 devices; --cpu_devices=2 wins, so a 4-device mesh is refused, naming
+  # both flags, before anything is built.
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  env['PYTHONPATH'] = os.pathsep.join(filter(None, [os.getcwd(), env.get('PYTHONPATH')]))
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.launch', f'--workdir={tmp_path / "run"}',
+       '--cpu_devices=2', '--mesh_data=4'], env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  fatal = [line for line in result.stderr.splitlines() if line.startswith('FATAL')]
+  assert len(fatal) == 1, result.stderr[-2000:]
+  assert re.search(r'--mesh_data=4 .* = 4 devices, but there are only 2 cpu devices '
+                   r'\(on CPU, --cpu_devices=4 makes that many\)', fatal[0]), fatal[0]
+  assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def test_a_harness_built_after_jax_started_refuses_a_cpu_devices_it_cannot_apply(tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments.config import Config, FlagValueError  # pylint: disable=g-import-not-at-top
+  n = jax.local_device_count()  # tests/conftest.py: 8
+  with pytest.raises(FlagValueError, match=rf'--cpu_devices={n + 1}, but JAX started with {n} '
+                     r'CPU devices.*set_cpu_devices'):
+    train.Harness(Config(cpu_devices=n + 1), str(tmp_path))
