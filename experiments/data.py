@@ -76,12 +76,13 @@ def _load_tokenizer(config: Config, texts: Sequence[str], workdir: str):
     # The tokenizers library raises a plain Exception for a file it cannot parse.
     raise FlagValueError(f'{flag}: cannot load the tokenizer: {e}') from None
   prefix = os.path.join(workdir, 'tokenizer')
-  if os.path.exists(prefix + '.model'):
-    return tok_lib.Tokenizer.load(prefix + '.model'), flag
-  # In a multi-process run process 0 trains and writes it; the others load its file.
+  # In a multi-process run process 0 trains and writes it (unless the workdir has it) and the
+  # others load its file. Every process passes the barrier whether or not it finds the file: a
+  # process that looked after process 0 had written it would otherwise skip the barrier that
+  # process 0 waits at.
   from experiments import distributed  # pylint: disable=g-import-not-at-top
   tok = None
-  if distributed.is_main_process():
+  if distributed.is_main_process() and not os.path.exists(prefix + '.model'):
     tok = tok_lib.Tokenizer.train(list(texts), vocab_size=config.vocab_size,
                                   model_type=config.tokenizer, model_prefix=prefix)
   distributed.barrier('tokenizer')

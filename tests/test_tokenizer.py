@@ -239,3 +239,28 @@ def test_hf_overrides_and_dispatch(hf_dir):
 def test_docstring_examples():
   import doctest  # pylint: disable=g-import-not-at-top
   assert doctest.testmod(tok_lib, raise_on_error=True).attempted > 0
+
+
+@pytest.mark.parametrize('main_process, file_exists', [(True, False), (True, True),
+                                                       (False, True)])
+def test_every_process_passes_the_tokenizer_barrier(monkeypatch, tmp_path, main_process,
+                                                    file_exists):
+  # A process that finds the workdir's tokenizer (written by process 0 before this process
+  # looked, or by an earlier run) still takes the barrier that process 0 waits at.
+  from experiments import config as config_lib  # pylint: disable=g-import-not-at-top
+  from experiments import data  # pylint: disable=g-import-not-at-top
+  from experiments import distributed  # pylint: disable=g-import-not-at-top
+  texts = ['1+2=3', '12+5=17', '3*4=12'] * 20
+  config = config_lib.Config(tokenizer='char')
+  if file_exists:
+    Tokenizer.train(texts, vocab_size=64, model_type='char',
+                    model_prefix=str(tmp_path / 'tokenizer'))
+  barriers, trained = [], []
+  monkeypatch.setattr(distributed, 'is_main_process', lambda: main_process)
+  monkeypatch.setattr(distributed, 'barrier', barriers.append)
+  real_train = Tokenizer.train
+  monkeypatch.setattr(Tokenizer, 'train', lambda *a, **k: trained.append(1) or real_train(*a, **k))
+  tok, _ = data._load_tokenizer(config, texts, str(tmp_path))  # pylint: disable=protected-access
+  assert barriers == ['tokenizer']
+  assert trained == ([] if file_exists else [1])
+  assert tok.encode('1+2') == Tokenizer.load(str(tmp_path / 'tokenizer.model')).encode('1+2')
