@@ -16,10 +16,10 @@ system then runs GRPO steps on 8 prompts x 8 completions:
     its pages, so XLA:CPU's per-execution buffers are not faulted in afresh each step; off with
     `--plain-malloc`; the peers run with glibc's defaults unless `--peer-malloc`); only the
     prompt pool and the grader are replaced by the benchmark's. 'rljax' runs on one XLA:CPU
-    device, the launcher's default; 'rljax:2' (each count in `--rljax-devices` other than 1)
-    is the same run with the launcher's `--cpu_devices=2 --mesh_data=2`: the host is split
-    into two XLA:CPU devices and every batch's rows into two halves, one per device. Both get
-    the same `--threads` cores. The split pays where XLA:CPU runs work on one thread: a
+    device, the launcher's default; 'rljax:N' (for each count N > 1 in `--rljax-devices`,
+    default 1,2) is the same run with the launcher's `--cpu_devices=N --mesh_data=N`: the
+    host is split into N XLA:CPU devices and every batch's rows into N parts, one per device.
+    Every system gets the same `--threads` cores. The split pays where XLA:CPU runs work on one thread: a
     decode step's attention over the KV cache is a batched matmul of small matrices, which
     XLA:CPU runs on one thread per device;
   * TRL: `trl.GRPOTrainer` (`GRPOConfig(beta=0, num_iterations=1, loss_type='dapo',
@@ -148,6 +148,12 @@ def _parse_args(argv=None):
   if not counts or min(counts) < 1 or len(set(counts)) < len(counts):
     raise SystemExit(f'--rljax-devices must be distinct positive integers, e.g. 1,2; got '
                      f'{args.rljax_devices!r}')
+  for name in (tuple(SETTINGS) if args.setting == 'all' else (args.setting,)):
+    prompts = (QUICK if args.quick else SETTINGS[name])['num_prompts']
+    for n in counts:
+      if prompts % n:
+        raise SystemExit(f'--rljax-devices: {n} devices do not divide the {prompts} prompts '
+                         f'of setting {name!r} (the rows are split over the devices)')
   args.rljax = [_rljax_name(n) for n in counts]
   if args.peer_malloc and args.plain_malloc:
     raise SystemExit('--peer-malloc and --plain-malloc: choose one')
@@ -468,10 +474,11 @@ def _serve(name, conn, ckpt, spec, threads):
     if system == 'rljax':  # what `python -m experiments.launch` does before JAX starts
       from experiments import xla_defaults  # pylint: disable=g-import-not-at-top
       xla_defaults.apply()
-      xla_defaults.set_cpu_devices(devices)
     if (system == 'rljax' and not os.environ.get(_PLAIN_MALLOC)) or os.environ.get(_PEER_MALLOC):
       os.environ[malloc_defaults.ENV_VAR] = '1'
-      malloc_defaults.apply()
+      malloc_defaults.apply()  # before JAX is imported (set_cpu_devices imports it)
+    if system == 'rljax':
+      xla_defaults.set_cpu_devices(devices)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
       build = SYSTEMS[system]
@@ -484,9 +491,9 @@ def _serve(name, conn, ckpt, spec, threads):
           break
         conn.send([_with_cpu_time(step) for _ in range(k)])
       peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-      jax = sys.modules.get('jax')  # the JAX systems' device count, for the JSON
+      count = sys.modules['jax'].local_device_count() if system == 'rljax' else None
       conn.send({'peak_rss_mib': peak, 'extra': extra() if extra else None,
-                 'devices': jax.local_device_count() if jax else None})
+                 'devices': count})  # rljax's XLA:CPU device count, for the JSON
   except BaseException as e:  # pylint: disable=broad-except
     conn.send({'error': f'{type(e).__name__}: {e}',
                'trace': traceback.format_exc(limit=6)})

@@ -58,7 +58,10 @@ class ExportError(ValueError):
 
 
 def load_run_config(workdir: str):
-  """The `Config` a run wrote to `<workdir>/config.json`, on a one-device mesh."""
+  """The `Config` a run wrote to `<workdir>/config.json`, on a one-device mesh.
+
+  `--cpu_devices` is reset too: export runs on JAX's default devices whatever the run used.
+  """
   from experiments.config import Config  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
@@ -70,7 +73,7 @@ def load_run_config(workdir: str):
   except TypeError as e:
     raise ExportError(f'--workdir={workdir!r}: config.json does not match this version of '
                       f'the launcher ({e})') from None
-  return config.replace(mesh_data=1, mesh_fsdp=1, mesh_tensor=1)
+  return config.replace(mesh_data=1, mesh_fsdp=1, mesh_tensor=1, cpu_devices=0)
 
 
 def check_paths(workdir: str, out: str) -> None:

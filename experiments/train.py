@@ -113,7 +113,9 @@ def _check_devices(config: Config) -> None:
         'devices: the count is set before JAX starts (python -m experiments.launch does; a '
         'script calls experiments.xla_defaults.set_cpu_devices before touching a device)')
   if n > have:
-    hint = (f' (on CPU, --cpu_devices={n} makes that many)' if on_cpu else '')
+    per_process = -(-n // jax.process_count())  # --cpu_devices counts one process's devices
+    hint = (f' (on CPU, --cpu_devices={per_process} makes that many'
+            f'{" per process" if jax.process_count() > 1 else ""})' if on_cpu else '')
     raise FlagValueError(f'--mesh_data={c.mesh_data} x --mesh_fsdp={c.mesh_fsdp} x '
                          f'--mesh_tensor={c.mesh_tensor} = {n} devices, but there are only '
                          f'{have} {jax.default_backend()} devices{hint}')

@@ -39,9 +39,19 @@ def set_cpu_devices(n: int) -> bool:
   Must run before JAX initialises its backends (before the first device is touched); it
   overrides `--xla_force_host_platform_device_count` in XLA_FLAGS. Inert on GPU and TPU,
   whose devices JAX counts from the hardware. Returns True if it set the count.
+
+  Raises:
+    ValueError: (one line) if JAX has already started with another number of CPU devices.
   """
   if not n:
     return False
   import jax  # pylint: disable=g-import-not-at-top  (imported only when asked for)
-  jax.config.update('jax_num_cpu_devices', int(n))
+  try:
+    jax.config.update('jax_num_cpu_devices', int(n))
+  except RuntimeError:  # the backends are up: the count can no longer change
+    have = len(jax.devices('cpu'))
+    if have != n:
+      raise ValueError(f'cpu_devices={n}: JAX has already started with {have} CPU devices; '
+                       'set the count before anything touches a device') from None
+    return False
   return True

@@ -223,3 +223,19 @@ def test_a_sentencepiece_model_without_an_exact_equivalent_is_refused():
   tok = Tokenizer.train(corpus, vocab_size=32, model_type='char', add_dummy_prefix=True)
   with pytest.raises(ValueError, match='no exact tokenizers equivalent.*add_dummy_prefix=True'):
     hf_tokenizer.to_tokenizers(tok.serialized_model_proto)
+
+
+def test_load_run_config_resets_the_mesh_and_cpu_devices(tmp_path):
+  # A run launched with --cpu_devices=3 --mesh_data=3 exports on this process's devices: the
+  # Harness that export builds would otherwise refuse a device count JAX did not start with.
+  from experiments import config as config_lib  # pylint: disable=g-import-not-at-top
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  run = config_lib.Config(cpu_devices=3, mesh_data=3, num_prompts=6, sft_batch_size=12)
+  (tmp_path / 'config.json').write_text(json.dumps(dataclasses.asdict(run)))
+  config = export_lib.load_run_config(str(tmp_path))
+  assert (config.cpu_devices, config.mesh_data, config.mesh_fsdp, config.mesh_tensor) == (
+      0, 1, 1, 1)
+  assert config.num_prompts == 6
+  train._check_devices(config)  # pylint: disable=protected-access
+  with pytest.raises(config_lib.FlagValueError, match='--cpu_devices=3'):
+    train._check_devices(run)  # pylint: disable=protected-access

@@ -88,3 +88,26 @@ def test_a_harness_built_after_jax_started_refuses_a_cpu_devices_it_cannot_apply
   with pytest.raises(FlagValueError, match=rf'--cpu_devices={n + 1}, but JAX started with {n} '
                      r'CPU devices.*set_cpu_devices'):
     train.Harness(Config(cpu_devices=n + 1), str(tmp_path))
+
+
+def test_set_cpu_devices_after_jax_started_is_one_line_unless_the_count_matches():
+  import jax  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  n = len(jax.devices('cpu'))  # started already (tests/conftest.py: 8)
+  assert not xla_defaults.set_cpu_devices(n)  # nothing to change
+  with pytest.raises(ValueError, match=rf'^cpu_devices={n + 1}: JAX has already started with '
+                     rf'{n} CPU devices; set the count before anything touches a device$'):
+    xla_defaults.set_cpu_devices(n + 1)
+
+
+def test_the_mesh_hint_counts_cpu_devices_per_process(monkeypatch):
+  # --cpu_devices is per process: 2 processes on a 16-device mesh need 8 each.
+  import jax  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments.config import Config, FlagValueError  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(jax, 'device_count', lambda: 8)
+  with pytest.raises(FlagValueError, match=r'= 16 devices, but there are only 8 cpu devices '
+                     r'\(on CPU, --cpu_devices=8 makes that many per process\)'):
+    train._check_devices(Config(mesh_data=16, num_prompts=32))  # pylint: disable=protected-access
