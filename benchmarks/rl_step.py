@@ -19,9 +19,9 @@ system then runs GRPO steps on 8 prompts x 8 completions:
     device, the launcher's default; 'rljax:N' (for each count N > 1 in `--rljax-devices`,
     default 1,2) is the same run with the launcher's `--cpu_devices=N --mesh_data=N`: the
     host is split into N XLA:CPU devices and every batch's rows into N parts, one per device.
-    Every system gets the same `--threads` cores. The split pays where XLA:CPU runs work on one thread: a
-    decode step's attention over the KV cache is a batched matmul of small matrices, which
-    XLA:CPU runs on one thread per device;
+    Every system gets the same `--threads` cores. The split pays where XLA:CPU runs work on
+    one thread: a decode step's attention over the KV cache is a batched matmul of small
+    matrices, which XLA:CPU runs on one thread per device;
   * TRL: `trl.GRPOTrainer` (`GRPOConfig(beta=0, num_iterations=1, loss_type='dapo',
     gradient_checkpointing=False, use_cpu=True, generation_kwargs={'use_cache': True})`), eager
     PyTorch, `model.generate` rollouts with a KV cache. The last option matters: under

@@ -112,6 +112,9 @@ def _check_devices(config: Config) -> None:
         f'--cpu_devices={c.cpu_devices}, but JAX started with {jax.local_device_count()} CPU '
         'devices: the count is set before JAX starts (python -m experiments.launch does; a '
         'script calls experiments.xla_defaults.set_cpu_devices before touching a device)')
+  if on_cpu and c.cpu_devices > -(-n // jax.process_count()):
+    logger.warning('--cpu_devices=%d, but the mesh (--mesh_data x --mesh_fsdp x --mesh_tensor) '
+                   'uses %d of them: the others stay idle', c.cpu_devices, n)
   if n > have:
     per_process = -(-n // jax.process_count())  # --cpu_devices counts one process's devices
     hint = (f' (on CPU, --cpu_devices={per_process} makes that many'

@@ -10,6 +10,18 @@ from experiments import xla_defaults
 YNN = '--xla_cpu_experimental_ynn_fusion_type=dot,reduce'
 
 
+def _env(**overrides):
+  """The environment for a child Python that imports the repo; `overrides` (None: unset)."""
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join(filter(None, [os.getcwd(), env.get('PYTHONPATH')]))
+  for k, v in overrides.items():
+    if v is None:
+      env.pop(k, None)
+    else:
+      env[k] = v
+  return env
+
+
 def test_sets_the_ynn_fusion_when_xla_flags_is_unset(monkeypatch):
   monkeypatch.delenv('XLA_FLAGS', raising=False)
   assert xla_defaults.apply()
@@ -24,8 +36,7 @@ def test_leaves_a_users_xla_flags_alone(monkeypatch):
 
 
 def test_the_launcher_applies_them_before_jax_is_imported():
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  env['PYTHONPATH'] = os.pathsep.join(filter(None, [os.getcwd(), env.get('PYTHONPATH')]))
+  env = _env(XLA_FLAGS=None)
   code = ("import os, sys\n"
           "from experiments import xla_defaults\n"
           "real = xla_defaults.apply\n"
@@ -43,8 +54,7 @@ def test_the_launcher_applies_them_before_jax_is_imported():
 
 def _devices_after(code_before, xla_flags):
   """`jax.local_device_count()` in a fresh process that runs `code_before` first."""
-  env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS='cpu')
-  env['PYTHONPATH'] = os.pathsep.join(filter(None, [os.getcwd(), env.get('PYTHONPATH')]))
+  env = _env(XLA_FLAGS=xla_flags, JAX_PLATFORMS='cpu')
   code = ("from experiments import xla_defaults\n" + code_before +
           "import jax\nprint('devices:', jax.local_device_count())\n")
   out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
@@ -64,9 +74,7 @@ def test_set_cpu_devices_splits_the_host_over_xla_flags():
 def test_the_launcher_sets_cpu_devices_before_the_mesh_is_checked(tmp_path):
   # XLA_FLAGS asks for 8 devices; --cpu_devices=2 wins, so a 4-device mesh is refused, naming
   # both flags, before anything is built.
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
-  env['PYTHONPATH'] = os.pathsep.join(filter(None, [os.getcwd(), env.get('PYTHONPATH')]))
+  env = _env(XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
   result = subprocess.run(
       [sys.executable, '-m', 'experiments.launch', f'--workdir={tmp_path / "run"}',
        '--cpu_devices=2', '--mesh_data=4'], env=env, capture_output=True, text=True, timeout=300)
@@ -111,3 +119,18 @@ def test_the_mesh_hint_counts_cpu_devices_per_process(monkeypatch):
   with pytest.raises(FlagValueError, match=r'= 16 devices, but there are only 8 cpu devices '
                      r'\(on CPU, --cpu_devices=8 makes that many per process\)'):
     train._check_devices(Config(mesh_data=16, num_prompts=32))  # pylint: disable=protected-access
+
+
+def test_cpu_devices_beyond_the_mesh_are_reported_idle(caplog):
+  import jax  # pylint: disable=g-import-not-at-top
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments.config import Config  # pylint: disable=g-import-not-at-top
+  n = jax.local_device_count()  # tests/conftest.py: 8
+  check = train._check_devices  # pylint: disable=protected-access
+  with caplog.at_level('WARNING', logger='experiments.train'):
+    check(Config(cpu_devices=n, mesh_data=2, num_prompts=4))
+  assert f'--cpu_devices={n}, but the mesh' in caplog.text and 'uses 2 of them' in caplog.text
+  caplog.clear()
+  with caplog.at_level('WARNING', logger='experiments.train'):
+    check(Config(cpu_devices=n, mesh_data=n, num_prompts=n))
+  assert 'stay idle' not in caplog.text
